@@ -1,0 +1,1 @@
+"""Hugging Face causal language models in JAX, and twisted SMC over their tokens."""
