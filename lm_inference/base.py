@@ -1,0 +1,63 @@
+"""The decoding contract shared by the Hugging Face models and the token-level SMC.
+
+A language model exposes two *pure* functions of explicit parameters, so that a whole SMC sweep
+(``lax.scan`` over tokens) can be jitted with the parameters as an argument rather than as baked-in
+constants:
+
+- ``prefill(params, token_ids [B, P], attention_mask [B, P], max_length) -> (DecodeOutput, cache)``
+  runs the (left-padded) prompt and returns the next-token logits and last hidden state at the
+  final prompt position, and a KV cache with room for ``max_length`` positions in total.
+- ``decode(params, tokens [B], cache) -> (DecodeOutput, cache)`` appends one token per row.
+
+Every leaf of a cache has the batch (particle) axis first, so reordering particles after resampling
+is ``reorder_cache(cache, ancestors)`` and sharing one prompt's prefill among ``N`` particles is
+``broadcast_cache(cache, N)``.
+"""
+
+from typing import Any, NamedTuple, Protocol
+
+import jax
+import jax.numpy as jnp
+
+from kernels.types import Array, ArrayTree
+
+
+class DecodeOutput(NamedTuple):
+    """Next-token logits ``[B, V]`` and the last layer's hidden state ``[B, H]`` (twist heads read it)."""
+
+    logits: Array
+    hidden: Array
+
+
+class LanguageModel(Protocol):
+    """What the SMC code needs from a causal LM (see the module docstring)."""
+
+    config: Any
+    tokenizer: Any  # a transformers tokenizer, or None for checkpoints without tokenizer files
+    params: ArrayTree
+    vocab_size: int
+    hidden_size: int
+    eos_token_id: int | None
+    max_positions: int
+
+    def logits(self, token_ids: Array, attention_mask: Array | None = None) -> Array: ...
+
+    def prefill(
+        self, params: ArrayTree, token_ids: Array, attention_mask: Array, max_length: int
+    ) -> tuple[DecodeOutput, ArrayTree]: ...
+
+    def decode(
+        self, params: ArrayTree, tokens: Array, cache: ArrayTree
+    ) -> tuple[DecodeOutput, ArrayTree]: ...
+
+
+def reorder_cache(cache: ArrayTree, ancestors: Array) -> ArrayTree:
+    """Gather every cache leaf along its leading (particle) axis: ``leaf[ancestors]``."""
+    return jax.tree.map(lambda x: jnp.take(x, ancestors, axis=0), cache)
+
+
+def broadcast_cache(cache: ArrayTree, num_particles: int) -> ArrayTree:
+    """Repeat a batch-1 cache (one prompt's prefill) for ``num_particles`` particles."""
+    return jax.tree.map(
+        lambda x: jnp.broadcast_to(x, (num_particles,) + x.shape[1:]) if x.ndim else x, cache
+    )
