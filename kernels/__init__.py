@@ -4,3 +4,17 @@ Submodules, one concept each: ``involutive``, ``orbital``, ``flows``, ``implicit
 Every MCMC kernel follows BlackJAX's contract: ``init(position, logdensity_fn) -> state`` with
 ``state.position``, and ``step(key, state, ...) -> (state, info)``.
 """
+
+import importlib
+
+_SUBMODULES = ("involutive", "orbital", "flows", "implicit_mh", "smc", "types")
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"kernels.{name}")
+    raise AttributeError(f"module 'kernels' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_SUBMODULES))
