@@ -7,7 +7,7 @@ constants:
 - ``prefill(params, token_ids [B, P], attention_mask [B, P], max_length) -> (DecodeOutput, cache)``
   runs the (left-padded) prompt and returns the next-token logits and last hidden state at the
   final prompt position, and a KV cache with room for ``max_length`` positions in total.
-- ``decode(params, tokens [B], cache) -> (DecodeOutput, cache)`` appends one token per row.
+- ``decode_step(params, tokens [B], cache) -> (DecodeOutput, cache)`` appends one token per row.
 
 Every leaf of a cache has the batch (particle) axis first, so reordering particles after resampling
 is ``reorder_cache(cache, ancestors)`` and sharing one prompt's prefill among ``N`` particles is
@@ -46,7 +46,7 @@ class LanguageModel(Protocol):
         self, params: ArrayTree, token_ids: Array, attention_mask: Array, max_length: int
     ) -> tuple[DecodeOutput, ArrayTree]: ...
 
-    def decode(
+    def decode_step(
         self, params: ArrayTree, tokens: Array, cache: ArrayTree
     ) -> tuple[DecodeOutput, ArrayTree]: ...
 
