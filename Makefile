@@ -27,7 +27,7 @@ docs: $(STAMP)
 	$(VENV)/bin/mkdocs build --strict
 
 bench: $(STAMP)
-	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/run_all.py $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check kernels ppl lm_inference tests examples benchmarks
