@@ -1,0 +1,634 @@
+r"""Tempered SMC for static NumPyro models, with lower and (conditional-SMC) upper log Z bounds.
+
+The model is split with NumPyro's own handlers into a prior and a likelihood in the
+*unconstrained* space :math:`u = T^{-1}(\theta)`:
+
+.. math::
+    \log p_0(u) = \log p(T(u)) + \log|\det J_T(u)|, \qquad
+    \ell(u) = \log p(y \mid T(u)),
+
+where ``p_0`` is ``-potential_energy`` of the model with its observed sites hidden by
+``handlers.block`` (the Jacobian factors of the transforms stay in the prior) and ``ell`` is the
+difference with the full potential. Observed sites are those with data, passed as keyword
+arguments as with ``MCMC.run``; user ``numpyro.factor`` sites count as likelihood.
+
+The sampler targets :math:`\pi_k(u) \propto p_0(u)\, e^{\beta_k \ell(u)}` for
+:math:`0 = \beta_0 < \dots < \beta_K = 1` (Del Moral, Doucet and Jasra, 2006): at step ``k`` it
+reweights by :math:`w = e^{(\beta_k - \beta_{k-1}) \ell(u)}`, resamples when the ESS falls
+below a threshold, and moves every particle with ``num_mcmc_steps`` steps of an MCMC kernel
+invariant for :math:`\pi_k`. :math:`\log \hat Z = \sum_k \log \sum_i \bar w_{k-1}^i w_k^i` is an
+unbiased estimator of :math:`Z` (a stochastic lower bound on :math:`\log Z`).
+
+Given an exact posterior sample, ``conditional=True`` runs conditional SMC (Andrieu, Doucet and
+Holenstein, 2010): a reference path is drawn backwards from the sample with the same (reversible)
+kernels (reverse AIS, Grosse et al. 2015) and clamped at particle 0; the resulting
+:math:`\log \hat Z` satisfies :math:`E[1/\hat Z] = 1/Z`, a stochastic upper bound on ``log Z``.
+Bounds need a schedule and kernel parameters that do not depend on the particles: freeze them
+from a pilot run (``TemperedSMCResult.frozen()``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+from numpyro import handlers
+from numpyro.infer.util import constrain_fn, potential_energy, unconstrain_fn
+
+from kernels.types import Array, ArrayTree, PRNGKey
+
+__all__ = [
+    "TemperedSMC",
+    "TemperedSMCResult",
+    "FrozenSchedule",
+    "ModelDensities",
+    "split_model",
+    "to_arviz",
+]
+
+
+# --------------------------------------------------------------------------- model splitting
+def _is_jacobian(site) -> bool:
+    name = site["name"]
+    return name.startswith("_") and name.endswith("_log_det")
+
+
+def _is_likelihood(site) -> bool:
+    return site["type"] == "sample" and site["is_observed"] and not _is_jacobian(site)
+
+
+class ModelDensities(NamedTuple):
+    """A NumPyro model split into prior and likelihood on a flat unconstrained vector.
+
+    Attributes:
+        log_prior: ``u (d,) -> log p_0(u)`` (prior density in unconstrained space, Jacobians
+            included).
+        log_likelihood: ``u (d,) -> log p(y | T(u))``, the observed sites.
+        sample_prior: ``key -> u (d,)`` an exact draw from ``p_0``.
+        constrain: ``u (d,) -> dict`` of constrained latent and deterministic sites.
+        unconstrain: ``dict of constrained latent values -> u (d,)``.
+        dim: ``d``.
+        observed: names of the observed sites.
+        latent: names of the latent sample sites.
+    """
+
+    log_prior: Callable[[Array], Array]
+    log_likelihood: Callable[[Array], Array]
+    sample_prior: Callable[[PRNGKey], Array]
+    constrain: Callable[[Array], dict]
+    unconstrain: Callable[[dict], Array]
+    dim: int
+    observed: tuple[str, ...]
+    latent: tuple[str, ...]
+
+
+def _check_signature(model, args, kwargs):
+    try:
+        inspect.signature(model).bind(*args, **kwargs)
+    except TypeError as e:
+        raise TypeError(
+            f"the model {getattr(model, '__name__', model)}{inspect.signature(model)} cannot be "
+            f"called with {len(args)} positional argument(s) and keyword(s) {sorted(kwargs)}: {e}. "
+            "Pass the model's arguments positionally and the observed data as keywords, "
+            "as with MCMC.run."
+        ) from None
+    except ValueError:  # no signature (builtins, some callables): let the model call decide
+        pass
+
+
+def split_model(model: Callable, args: tuple = (), kwargs: dict | None = None) -> ModelDensities:
+    """Split a NumPyro model into prior and likelihood in unconstrained space.
+
+    Args:
+        model: a NumPyro model with continuous latent sites and at least one observed site.
+        args: positional arguments of the model.
+        kwargs: keyword arguments of the model, the observed data among them.
+
+    Returns:
+        :class:`ModelDensities` on a flat unconstrained vector.
+
+    Raises:
+        TypeError: the arguments do not fit the model's signature.
+        ValueError: no observed site, no latent site, or a discrete latent site.
+    """
+    kwargs = dict(kwargs or {})
+    _check_signature(model, args, kwargs)
+    trace = handlers.trace(handlers.seed(model, 0)).get_trace(*args, **kwargs)
+    latent = {
+        name: site
+        for name, site in trace.items()
+        if site["type"] == "sample" and not site["is_observed"]
+    }
+    observed = tuple(name for name, site in trace.items() if _is_likelihood(site))
+    if not observed:
+        raise ValueError(
+            "the model has no observed site: pass the data as keyword arguments of run(), "
+            "e.g. run(key, x, y=y) for numpyro.sample('y', ..., obs=y)"
+        )
+    if not latent:
+        raise ValueError("the model has no latent sample site: nothing to infer")
+    for name, site in latent.items():
+        if site["fn"].support.is_discrete:
+            raise ValueError(
+                f"latent site {name!r} is discrete: TemperedSMC needs continuous latent sites; "
+                "marginalize it out, or use ppl.ParticleFilter for discrete state-space models"
+            )
+    values = {name: site["value"] for name, site in latent.items()}
+    u0 = unconstrain_fn(model, args, kwargs, values)
+    flat0, unravel = ravel_pytree(u0)
+    prior_model = handlers.block(model, hide_fn=_is_likelihood)
+
+    def log_prior(u):
+        return -potential_energy(prior_model, args, kwargs, unravel(u))
+
+    def log_likelihood(u):
+        params = unravel(u)
+        joint = -potential_energy(model, args, kwargs, params)
+        lp = -potential_energy(prior_model, args, kwargs, params)
+        return jnp.where(jnp.isfinite(joint), joint - lp, -jnp.inf)
+
+    def sample_prior(key):
+        tr = handlers.trace(handlers.seed(prior_model, key)).get_trace(*args, **kwargs)
+        vals = {name: tr[name]["value"] for name in latent}
+        return ravel_pytree(unconstrain_fn(model, args, kwargs, vals))[0]
+
+    def constrain(u):
+        return constrain_fn(model, args, kwargs, unravel(u), return_deterministic=True)
+
+    def unconstrain(values):
+        return ravel_pytree(unconstrain_fn(model, args, kwargs, values))[0]
+
+    return ModelDensities(
+        log_prior,
+        log_likelihood,
+        sample_prior,
+        constrain,
+        unconstrain,
+        flat0.size,
+        observed,
+        tuple(latent),
+    )
+
+
+# --------------------------------------------------------------------------- kernels
+def _resolve_kernel(kernel):
+    if isinstance(kernel, str):
+        name = kernel.lower()
+        try:  # our kernels first
+            from kernels import involutive
+
+            return getattr(involutive, name)
+        except (ImportError, AttributeError):
+            import blackjax
+
+            return getattr(blackjax, {"rwm": "additive_step_random_walk"}.get(name, name))
+    if not (hasattr(kernel, "init") and hasattr(kernel, "build_kernel")):
+        raise TypeError(
+            "kernel must have BlackJAX's low-level `init(position, logdensity_fn)` and "
+            "`build_kernel()` (e.g. blackjax.hmc, blackjax.mala, kernels.involutive.hmc), "
+            f"got {kernel!r}"
+        )
+    return kernel
+
+
+def _kernel_accepts(step_fn, name):
+    try:
+        return name in inspect.signature(step_fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+class FrozenSchedule(NamedTuple):
+    """Particle-independent SMC settings, frozen from a pilot run so that bounds hold.
+
+    Attributes:
+        betas: ``(K + 1,)`` inverse temperatures from 0 to 1.
+        step_sizes: ``(K,)`` step size of the move at each temperature.
+        inverse_mass_matrices: ``(K, d)`` diagonal inverse mass matrix at each temperature.
+    """
+
+    betas: Array
+    step_sizes: Array
+    inverse_mass_matrices: Array
+
+
+class TemperedSMCResult(NamedTuple):
+    """Output of :meth:`TemperedSMC.run`.
+
+    Attributes:
+        samples: dict of constrained latent and deterministic sites, each ``(N, ...)``; equally
+            weighted draws from the posterior (resampled at the last temperature).
+        log_Z: estimate of ``log p(y)`` (scalar).
+        positions: ``(N, d)`` final unconstrained particles.
+        ess: ``(K,)`` effective sample size after reweighting at each temperature.
+        resampled: ``(K,)`` bool, whether each step resampled.
+        acceptance_rate: ``(K,)`` mean acceptance rate of the moves.
+        schedule: the :class:`FrozenSchedule` actually used (betas, step sizes, mass matrices).
+        num_steps: ``K``, the number of temperatures after 0.
+    """
+
+    samples: dict
+    log_Z: Array
+    positions: Array
+    ess: Array
+    resampled: Array
+    acceptance_rate: Array
+    schedule: FrozenSchedule
+    num_steps: Array
+
+    def frozen(self) -> FrozenSchedule:
+        """The schedule and move parameters of this run, trimmed to ``K`` steps."""
+        k = int(self.num_steps)
+        s = self.schedule
+        return FrozenSchedule(s.betas[: k + 1], s.step_sizes[:k], s.inverse_mass_matrices[:k])
+
+    def to_arviz(self):
+        """``arviz.InferenceData`` with the samples as one chain."""
+        return to_arviz(self.samples)
+
+
+def to_arviz(samples: dict):
+    """Wrap a dict of ``(N, ...)`` draws as ``arviz.InferenceData`` (one chain of N draws)."""
+    import arviz as az
+
+    return az.from_dict(posterior={k: np.asarray(v)[None] for k, v in samples.items()})
+
+
+# --------------------------------------------------------------------------- resampling
+def _resample(key, log_w, conditional):
+    """Multinomial (or conditional multinomial: index 0 keeps ancestor 0) ancestor indices."""
+    from blackjax.smc import resampling
+
+    n = log_w.shape[0]
+    w = jax.nn.softmax(log_w)
+    if conditional:
+        return jnp.concatenate([jnp.zeros(1, int), resampling.multinomial(key, w, n - 1)])
+    return resampling.systematic(key, w, n)
+
+
+def _ess(log_w):
+    w = jax.nn.softmax(log_w)
+    return 1.0 / jnp.sum(w**2)
+
+
+class _Carry(NamedTuple):
+    u: Array  # (N, d)
+    loglik: Array  # (N,)
+    log_w: Array  # (N,) normalized log weights
+    log_Z: Array
+    step_size: Array
+    key: PRNGKey
+
+
+class TemperedSMC:
+    """Tempered SMC for a NumPyro model (prior times likelihood^beta, unconstrained space).
+
+    Args:
+        model: NumPyro model; data passed to :meth:`run` as keywords are its observations.
+        kernel: the move, a module/object with BlackJAX's ``init(position, logdensity_fn)``
+            and ``build_kernel()`` (``blackjax.hmc``, ``blackjax.mala``,
+            ``kernels.involutive.hmc``, ...) or a name ``"hmc"``, ``"mala"``.
+        num_particles: ``N``.
+        num_mcmc_steps: kernel steps per temperature.
+        kernel_params: extra keyword parameters of the kernel step (e.g.
+            ``{"num_integration_steps": 8}``). ``step_size`` here is the initial step size.
+        schedule: ``None`` for an ESS-adaptive schedule, an array of betas ``0 = b_0 < ... <
+            b_K = 1``, or a :class:`FrozenSchedule` (fixes step sizes and mass matrices too).
+        target_ess: adaptive schedule: next beta solves ``ESS(incremental weights) =
+            target_ess * N`` by bisection.
+        resample_threshold: resample when ``ESS < resample_threshold * N`` (1 = every step).
+        adapt_step_size: scale the step size after each temperature towards
+            ``target_acceptance`` (ignored with a :class:`FrozenSchedule`).
+        adapt_mass_matrix: set the diagonal inverse mass matrix to the particle variance at
+            each temperature, when the kernel takes ``inverse_mass_matrix``.
+        max_num_steps: buffer size of the adaptive schedule.
+    """
+
+    def __init__(
+        self,
+        model: Callable,
+        kernel: Any = "hmc",
+        *,
+        num_particles: int = 1000,
+        num_mcmc_steps: int = 5,
+        kernel_params: dict | None = None,
+        schedule: Any = None,
+        target_ess: float = 0.5,
+        resample_threshold: float = 0.5,
+        adapt_step_size: bool = True,
+        target_acceptance: float = 0.7,
+        adapt_mass_matrix: bool = True,
+        max_num_steps: int = 500,
+    ):
+        if num_particles < 2:
+            raise ValueError(f"num_particles must be at least 2, got {num_particles}")
+        if num_mcmc_steps < 1:
+            raise ValueError(f"num_mcmc_steps must be at least 1, got {num_mcmc_steps}")
+        if not 0 < target_ess < 1:
+            raise ValueError(f"target_ess must be in (0, 1), got {target_ess}")
+        self.model = model
+        self.kernel = _resolve_kernel(kernel)
+        self.num_particles = int(num_particles)
+        self.num_mcmc_steps = int(num_mcmc_steps)
+        self.kernel_params = dict(kernel_params or {})
+        self.schedule = self._check_schedule(schedule)
+        self.target_ess = float(target_ess)
+        self.resample_threshold = float(resample_threshold)
+        self.adapt_step_size = bool(adapt_step_size)
+        self.target_acceptance = float(target_acceptance)
+        self.adapt_mass_matrix = bool(adapt_mass_matrix)
+        self.max_num_steps = int(max_num_steps)
+        step = self.kernel.build_kernel()
+        self._takes_step_size = _kernel_accepts(step, "step_size")
+        self._takes_imm = _kernel_accepts(step, "inverse_mass_matrix")
+        if self._takes_step_size and "step_size" not in self.kernel_params:
+            self.kernel_params["step_size"] = 0.5
+        if "num_integration_steps" in inspect.signature(step).parameters:
+            self.kernel_params.setdefault("num_integration_steps", 5)
+
+    @staticmethod
+    def _check_schedule(schedule):
+        if schedule is None:
+            return None
+        if isinstance(schedule, FrozenSchedule):
+            betas = np.asarray(schedule.betas)
+        else:
+            betas = np.asarray(schedule, dtype=float)
+        if betas.ndim != 1 or betas.size < 2:
+            raise ValueError(f"schedule must be a 1-d array of at least 2 betas, got {betas!r}")
+        if betas[0] != 0 or betas[-1] != 1 or np.any(np.diff(betas) <= 0):
+            raise ValueError("schedule must increase strictly from beta=0 to beta=1")
+        return schedule if isinstance(schedule, FrozenSchedule) else jnp.asarray(betas)
+
+    # ------------------------------------------------------------------ moves
+    def _move(self, key, u, beta, dens, step_size, imm):
+        """``num_mcmc_steps`` kernel steps for every particle, targeting prior + beta * loglik."""
+
+        def logdensity(x):
+            return dens.log_prior(x) + beta * dens.log_likelihood(x)
+
+        step = self.kernel.build_kernel()
+        params = {k: v for k, v in self.kernel_params.items()}
+        if self._takes_step_size:
+            params["step_size"] = step_size
+        if self._takes_imm and imm is not None:
+            params["inverse_mass_matrix"] = imm
+
+        def one(key, x):
+            state = self.kernel.init(x, logdensity)
+
+            def body(state, k):
+                state, info = step(k, state, logdensity, **params)
+                return state, info.acceptance_rate
+
+            state, acc = jax.lax.scan(body, state, jax.random.split(key, self.num_mcmc_steps))
+            return state.position, jnp.mean(acc)
+
+        keys = jax.random.split(key, u.shape[0])
+        new_u, acc = jax.vmap(one)(keys, u)
+        return new_u, jax.vmap(dens.log_likelihood)(new_u), acc
+
+    def _imm(self, u, log_w):
+        if not (self._takes_imm and self.adapt_mass_matrix):
+            return self.kernel_params.get("inverse_mass_matrix", jnp.ones(u.shape[1]))
+        w = jax.nn.softmax(log_w)[:, None]
+        mean = jnp.sum(w * u, 0)
+        var = jnp.sum(w * (u - mean) ** 2, 0)
+        return jnp.clip(var, 1e-8, 1e8)
+
+    # ------------------------------------------------------------------ one SMC step
+    def _step(self, c: _Carry, d_beta, beta, dens, imm, step_size, reference, last):
+        key, k_res, k_move = jax.random.split(c.key, 3)
+        inc = d_beta * c.loglik
+        inc = jnp.where(jnp.isnan(inc), -jnp.inf, inc)
+        log_w_un = c.log_w + inc
+        log_norm = jax.nn.logsumexp(log_w_un)
+        log_Z = c.log_Z + log_norm
+        log_w = log_w_un - log_norm
+        ess = _ess(log_w)
+        n = c.u.shape[0]
+        if imm is None:  # weighted variance under pi_k, before resampling
+            imm = self._imm(c.u, log_w)
+        conditional = reference is not None
+        do_resample = jnp.logical_or(last, ess < self.resample_threshold * n)
+        idx = jnp.where(do_resample, _resample(k_res, log_w, conditional), jnp.arange(n))
+        u = c.u[idx]
+        log_w = jnp.where(do_resample, jnp.full(n, -jnp.log(n)), log_w)
+        new_u, new_ll, acc = self._move(k_move, u, beta, dens, step_size, imm)
+        if conditional:  # particle 0 follows the reference path
+            new_u = new_u.at[0].set(reference)
+            new_ll = new_ll.at[0].set(dens.log_likelihood(reference))
+        acc = jnp.mean(acc[1:] if conditional else acc)
+        if self.adapt_step_size and self._takes_step_size:
+            next_step = step_size * jnp.exp(jnp.clip(acc - self.target_acceptance, -0.5, 0.5))
+        else:
+            next_step = step_size
+        carry = _Carry(new_u, new_ll, log_w, log_Z, next_step, key)
+        return carry, (ess, do_resample, acc, step_size, imm)
+
+    # ------------------------------------------------------------------ drivers
+    def _init(self, key, dens, reference0=None):
+        k_init, key = jax.random.split(key)
+        u = jax.vmap(dens.sample_prior)(jax.random.split(k_init, self.num_particles))
+        if reference0 is not None:
+            u = u.at[0].set(reference0)
+        loglik = jax.vmap(dens.log_likelihood)(u)
+        n = self.num_particles
+        step_size = jnp.asarray(self.kernel_params.get("step_size", 1.0), u.dtype)
+        return _Carry(u, loglik, jnp.full(n, -jnp.log(n)), jnp.zeros((), u.dtype), step_size, key)
+
+    def _run_fixed(self, key, dens, frozen: FrozenSchedule, reference=None):
+        """Scan over a fixed schedule. ``reference``: ``(K+1, d)`` path, particle 0 (CSMC)."""
+        betas = frozen.betas
+        K = betas.shape[0] - 1
+        c = self._init(key, dens, None if reference is None else reference[0])
+        c = c._replace(step_size=frozen.step_sizes[0])
+        is_last = jnp.arange(K) == K - 1
+        refs = None if reference is None else reference[1:]
+
+        def body(c, x):
+            d_beta, beta, step, imm, last = x[:5]
+            ref = x[5] if len(x) > 5 else None
+            c, out = self._step(c, d_beta, beta, dens, imm, step, ref, last)
+            return c, out
+
+        xs = (jnp.diff(betas), betas[1:], frozen.step_sizes, frozen.inverse_mass_matrices, is_last)
+        if refs is not None:
+            xs = xs + (refs,)
+        c, (ess, res, acc, steps, imms) = jax.lax.scan(body, c, xs)
+        return c, ess, res, acc, FrozenSchedule(betas, steps, imms), jnp.asarray(K)
+
+    def _run_adaptive(self, key, dens, betas_fixed=None):
+        """ESS-adaptive betas (bisection on the conditional ESS), or fixed betas with adaptation
+        of the step size and mass matrix; settings recorded in buffers of ``max_num_steps``."""
+        c = self._init(key, dens)
+        M = self.max_num_steps if betas_fixed is None else betas_fixed.shape[0] - 1
+        d = dens.dim
+        n = self.num_particles
+        bufs = (
+            jnp.zeros(M + 1, c.u.dtype),
+            jnp.zeros(M, c.u.dtype),
+            jnp.zeros((M, d), c.u.dtype),
+            jnp.zeros(M, c.u.dtype),
+            jnp.zeros(M, bool),
+            jnp.zeros(M, c.u.dtype),
+        )
+
+        def next_beta(c, beta):
+            if betas_fixed is not None:
+                return None
+
+            def ess_at(b):
+                lw = c.log_w + (b - beta) * jnp.where(jnp.isnan(c.loglik), -jnp.inf, c.loglik)
+                return _ess(lw) - self.target_ess * n
+
+            def bis(_, lohi):
+                lo, hi = lohi
+                mid = (lo + hi) / 2
+                ok = ess_at(mid) >= 0
+                return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
+
+            lo, _ = jax.lax.fori_loop(0, 50, bis, (beta, jnp.ones_like(beta)))
+            new = jnp.where(ess_at(1.0) >= 0, 1.0, lo)
+            return jnp.maximum(new, beta + 1e-6).clip(max=1.0)
+
+        def cond(state):
+            c, beta, k, _ = state
+            return jnp.logical_and(beta < 1.0, k < M)
+
+        def body(state):
+            c, beta, k, (b, st, im, es, rs, ac) = state
+            new_beta = betas_fixed[k + 1] if betas_fixed is not None else next_beta(c, beta)
+            new_beta = jnp.where(k == M - 1, 1.0, new_beta)
+            last = new_beta >= 1.0
+            c, (ess, res, acc, step, imm) = self._step(
+                c, new_beta - beta, new_beta, dens, None, c.step_size, None, last
+            )
+            bufs = (
+                b.at[k + 1].set(new_beta),
+                st.at[k].set(step),
+                im.at[k].set(imm),
+                es.at[k].set(ess),
+                rs.at[k].set(res),
+                ac.at[k].set(acc),
+            )
+            return c, new_beta, k + 1, bufs
+
+        zero = jnp.zeros((), c.u.dtype)
+        c, _, K, (b, st, im, es, rs, ac) = jax.lax.while_loop(
+            cond, body, (c, zero, jnp.zeros((), jnp.int32), bufs)
+        )
+        return c, es, rs, ac, FrozenSchedule(b, st, im), K
+
+    # ------------------------------------------------------------------ public
+    def densities(self, *args, **kwargs) -> ModelDensities:
+        """The model split into prior and likelihood (see :func:`split_model`)."""
+        return split_model(self.model, args, kwargs)
+
+    def run(self, key: PRNGKey, *args, reference: ArrayTree | None = None, **kwargs):
+        """Run tempered SMC.
+
+        Args:
+            key: PRNG key.
+            *args: positional arguments of the model.
+            reference: optional exact posterior sample, a dict of constrained latent values:
+                runs conditional SMC from it and returns a stochastic upper bound on log Z as
+                ``log_Z``. Needs a fixed schedule (``schedule=...``) and no step-size
+                adaptation (both are frozen by a :class:`FrozenSchedule`).
+            **kwargs: keyword arguments of the model, the observed data among them.
+
+        Returns:
+            :class:`TemperedSMCResult`.
+        """
+        dens = split_model(self.model, args, kwargs)
+        if reference is not None:
+            if not isinstance(self.schedule, FrozenSchedule):
+                raise ValueError(
+                    "conditional SMC (reference=...) needs particle-independent settings: pass "
+                    "schedule=FrozenSchedule(...), e.g. from a pilot run's result.frozen()"
+                )
+            missing = set(dens.latent) - set(reference)
+            if missing:
+                raise ValueError(
+                    f"reference must hold a constrained value for every latent site; "
+                    f"missing {sorted(missing)}"
+                )
+            reference = {name: jnp.asarray(reference[name]) for name in dens.latent}
+        dyn, spec = _partition((args, kwargs))
+        key = jnp.asarray(key)
+        if key.ndim == 2 or (jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.ndim == 1):
+            return jax.vmap(lambda k: _run_jit(self, k, dyn, spec, reference))(key)
+        return _run_jit(self, key, dyn, spec, reference)
+
+    def reference_path(self, key, dens: ModelDensities, u_final: Array, frozen: FrozenSchedule):
+        """Backward path ``(K + 1, d)`` from an exact posterior sample (reverse AIS chain).
+
+        ``x_{K} = x_{K-1} = u_final`` and ``x_{k-1} ~ M_k(x_k, .)`` for ``k = K-1..1`` with the
+        kernel invariant for ``pi_k``; index ``k`` is the particle after the move at step ``k``
+        (index 0 before any move).
+        """
+        K = frozen.betas.shape[0] - 1
+
+        def body(x, inp):
+            k, key = inp
+            new, _, _ = self._move(
+                key,
+                x[None],
+                frozen.betas[k],
+                dens,
+                frozen.step_sizes[k - 1],
+                frozen.inverse_mass_matrices[k - 1],
+            )
+            return new[0], new[0]
+
+        ks = jnp.arange(K - 1, 0, -1)
+        _, path = jax.lax.scan(body, u_final, (ks, jax.random.split(key, K - 1)))
+        # path[j] is x_{K-1-j-1}...: reverse to increasing k
+        path = path[::-1]  # x_0 .. x_{K-2}
+        return jnp.concatenate([path, u_final[None], u_final[None]], 0)
+
+
+def _partition(tree):
+    """Split a pytree into array leaves (traced) and other leaves (static, hashable)."""
+    leaves, treedef = jax.tree.flatten(tree)
+    is_arr = tuple(isinstance(x, (jax.Array, np.ndarray)) for x in leaves)
+    dyn = [x for x, a in zip(leaves, is_arr, strict=True) if a]
+    static = tuple(None if a else x for x, a in zip(leaves, is_arr, strict=True))
+    return dyn, (treedef, is_arr, static)
+
+
+def _combine(dyn, spec):
+    treedef, is_arr, static = spec
+    it = iter(dyn)
+    return jax.tree.unflatten(
+        treedef, [next(it) if a else s for a, s in zip(is_arr, static, strict=True)]
+    )
+
+
+@partial(jax.jit, static_argnums=(0, 3))
+def _run_jit(smc: TemperedSMC, key, dyn, spec, ref_values):
+    args, kwargs = _combine(dyn, spec)
+    dens = split_model(smc.model, args, kwargs)
+    sched = smc.schedule
+    if ref_values is not None:
+        ref_u = dens.unconstrain(ref_values)
+        k_ref, key = jax.random.split(key)
+        sched = _as_arrays(sched)
+        path = smc.reference_path(k_ref, dens, ref_u, sched)
+        c, ess, res, acc, frozen, K = smc._run_fixed(key, dens, sched, path)
+    elif isinstance(sched, FrozenSchedule):
+        c, ess, res, acc, frozen, K = smc._run_fixed(key, dens, _as_arrays(sched))
+    else:
+        c, ess, res, acc, frozen, K = smc._run_adaptive(key, dens, sched)
+    samples = jax.vmap(dens.constrain)(c.u)
+    return TemperedSMCResult(samples, c.log_Z, c.u, ess, res, acc, frozen, K)
+
+
+def _as_arrays(s: FrozenSchedule) -> FrozenSchedule:
+    return FrozenSchedule(*(jnp.asarray(x) for x in s))

@@ -1,0 +1,347 @@
+r"""Particle filtering and twisted SMC for state-space models written in NumPyro.
+
+The user writes the transition as for ``numpyro.contrib.control_flow.scan``::
+
+    def transition(carry, y_t):
+        x = numpyro.sample("x", dist.Normal(a * carry, q))
+        numpyro.sample("y", dist.Normal(x, r), obs=y_t)
+        return x, x
+
+and the same function drives the filter step by step. For each particle the transition runs
+under ``handlers.seed``/``handlers.trace``: its latent sample sites are the proposal
+:math:`x_t \sim f(x_t \mid x_{t-1})` (bootstrap filter, Gordon, Salmond and Smith 1993) and its
+observed sites give the incremental log weight :math:`\log g(y_t \mid x_t)`. The estimator
+
+.. math:: \log \hat Z = \sum_{t=1}^T \log \sum_i \bar W_{t-1}^i w_t^i
+
+is unbiased for :math:`Z = p(y_{1:T})` (Del Moral 2004), so :math:`E \log \hat Z \le \log Z`.
+
+Optional pieces:
+
+* ``proposal(carry, y_t)``: a NumPyro function with the same latent site names; particles are
+  drawn from it and weighted by :math:`g\, f / q` (f and g from the transition, substituted).
+* ``twist(carry, t)``: log twist :math:`\log\psi_t(x_t)`; the target at step ``t`` is
+  :math:`p(x_{0:t}, y_{1:t}) \psi_t(x_t)` and the incremental weight is
+  :math:`g_t \psi_t(x_t) / \psi_{t-1}(x_{t-1})`; at the last step :math:`\psi_T = 1` (the true
+  potential replaces the twist), so :math:`\hat Z` stays unbiased for any twist.
+* ``reference``: conditional SMC (Andrieu, Doucet and Holenstein 2010): particle 0 is clamped to
+  a given path and always keeps ancestor 0. If the path is an exact posterior sample,
+  :math:`E[1/\hat Z] = 1/Z`, so :math:`E \log \hat Z \ge \log Z` (a stochastic upper bound).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from numpyro import handlers
+
+from kernels.types import Array, ArrayTree, PRNGKey
+
+__all__ = ["ParticleFilter", "ParticleFilterResult"]
+
+
+class ParticleFilterResult(NamedTuple):
+    """Output of :meth:`ParticleFilter.run` (``N`` particles, ``T`` steps).
+
+    Attributes:
+        log_Z: estimate of ``log p(y_{1:T})``.
+        log_Z_increments: ``(T,)`` per-step terms of ``log_Z``.
+        ess: ``(T,)`` effective sample size after weighting at each step.
+        resampled: ``(T,)`` whether each step resampled its ancestors first.
+        carry: final carries, leading axis ``N``.
+        log_weights: ``(N,)`` final normalized log weights.
+        latents: dict of latent site values per step, ``(T, N, ...)`` (filtering particles,
+            before the ancestors of the next step are drawn); ``None`` if not kept.
+        filter_log_weights: ``(T, N)`` normalized log weights of ``latents``.
+        ancestors: ``(T, N)`` ancestor indices used at each step.
+    """
+
+    log_Z: Array
+    log_Z_increments: Array
+    ess: Array
+    resampled: Array
+    carry: ArrayTree
+    log_weights: Array
+    latents: dict | None
+    filter_log_weights: Array
+    ancestors: Array
+
+
+def _site_log_probs(trace):
+    """Sum of observed and of latent log densities in a trace."""
+    obs, lat = 0.0, 0.0
+    for site in trace.values():
+        if site["type"] != "sample":
+            continue
+        lp = site["fn"].log_prob(site["value"])
+        if site["scale"] is not None:
+            lp = site["scale"] * lp
+        if site["is_observed"]:
+            obs = obs + jnp.sum(lp)
+        else:
+            lat = lat + jnp.sum(lp)
+    return jnp.asarray(obs), jnp.asarray(lat)
+
+
+def _latents(trace):
+    return {
+        name: site["value"]
+        for name, site in trace.items()
+        if site["type"] == "sample" and not site["is_observed"]
+    }
+
+
+def _run_traced(fn, key, args, data=None):
+    """Run ``fn(*args)`` under seed (and substitute ``data``); return (value, trace)."""
+    fn = handlers.seed(fn, key)
+    if data is not None:
+        fn = handlers.substitute(fn, data=data)
+    with handlers.trace() as tr:
+        value = fn(*args)
+    return value, tr
+
+
+def _resample(key, log_w, conditional, scheme):
+    from blackjax.smc import resampling
+
+    n = log_w.shape[0]
+    w = jax.nn.softmax(log_w)
+    if conditional:
+        return jnp.concatenate([jnp.zeros(1, int), resampling.multinomial(key, w, n - 1)])
+    return getattr(resampling, scheme)(key, w, n)
+
+
+class ParticleFilter:
+    """Bootstrap / guided / twisted particle filter for a NumPyro ``scan``-style transition.
+
+    Args:
+        transition: ``transition(carry, y_t) -> (carry, out)`` with ``numpyro.sample`` sites,
+            at least one observed with ``obs=y_t`` (or part of it).
+        init: the initial carry: a pytree of arrays shared by all particles, or a NumPyro
+            function ``init() -> carry`` whose sample sites are drawn from their prior for each
+            particle (observed sites in it weight the particles).
+        num_particles: ``N``.
+        proposal: optional ``proposal(carry, y_t)`` with sample sites named as the transition's
+            latent sites; replaces the transition prior as the proposal.
+        twist: optional ``twist(carry, t) -> log psi_t`` (scalar per particle) for
+            ``t = 0..T-1``; ``psi_T = 1``.
+        resample_threshold: resample when ``ESS < resample_threshold * N`` (1 = every step;
+            conditional runs always resample, multinomially).
+        resampling: ``"systematic"``, ``"stratified"``, ``"multinomial"`` or ``"residual"``.
+        keep_history: keep the filtering particles and weights of every step.
+    """
+
+    def __init__(
+        self,
+        transition: Callable,
+        init: Any,
+        *,
+        num_particles: int = 1000,
+        proposal: Callable | None = None,
+        twist: Callable | None = None,
+        resample_threshold: float = 0.5,
+        resampling: str = "systematic",
+        keep_history: bool = True,
+    ):
+        if num_particles < 2:
+            raise ValueError(f"num_particles must be at least 2, got {num_particles}")
+        if resampling not in ("systematic", "stratified", "multinomial", "residual"):
+            raise ValueError(
+                f"unknown resampling scheme {resampling!r}: use systematic, stratified, "
+                "multinomial or residual"
+            )
+        if not callable(transition):
+            raise TypeError("transition must be a function (carry, y_t) -> (carry, out)")
+        self.transition = transition
+        self.init = init
+        self.num_particles = int(num_particles)
+        self.proposal = proposal
+        self.twist = twist
+        self.resample_threshold = float(resample_threshold)
+        self.resampling = resampling
+        self.keep_history = bool(keep_history)
+        self._jitted = jax.jit(self._run, static_argnums=(3,))
+
+    # ------------------------------------------------------------------ pieces
+    def _init_one(self, key, ref0):
+        if not callable(self.init):
+            return self.init, jnp.zeros(()), {}
+        carry, tr = _run_traced(self.init, key, (), ref0)
+        obs, _ = _site_log_probs(tr)
+        return carry, obs, _latents(tr)
+
+    def _propagate_one(self, key, carry, y, ref_t):
+        """One particle, one step: (new carry, log weight, latents)."""
+        if self.proposal is None:
+            (new, _), tr = _run_traced(self.transition, key, (carry, y), ref_t)
+            obs, _ = _site_log_probs(tr)
+            return new, obs, _latents(tr)
+        if ref_t is None:
+            _, trq = _run_traced(self.proposal, key, (carry, y))
+            values = _latents(trq)
+            _, log_q = _site_log_probs(trq)
+        else:
+            values = ref_t
+            _, trq = _run_traced(self.proposal, key, (carry, y), ref_t)
+            _, log_q = _site_log_probs(trq)
+        (new, _), tr = _run_traced(self.transition, key, (carry, y), values)
+        obs, log_f = _site_log_probs(tr)
+        return new, obs + log_f - log_q, _latents(tr)
+
+    def _log_twist(self, carry, t, T):
+        if self.twist is None:
+            return jnp.zeros(())
+        return jnp.where(t >= T, 0.0, jnp.asarray(self.twist(carry, t)).reshape(()))
+
+    # ------------------------------------------------------------------ driver
+    def _run(self, key, ys, reference, conditional: bool):
+        n = self.num_particles
+        T = jax.tree.leaves(ys)[0].shape[0]
+        k_init, key = jax.random.split(key)
+        init_keys = jax.random.split(k_init, n)
+        carry, log_w0, _ = jax.vmap(lambda k: self._init_one(k, None))(init_keys)
+        if not callable(self.init):
+            carry = jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *jnp.shape(x))), carry)
+        if conditional:
+            ref_init, ref_steps = reference
+            if callable(self.init):
+                c0, lw0, _ = self._init_one(init_keys[0], ref_init)
+                carry = jax.tree.map(lambda a, b: a.at[0].set(b), carry, c0)
+                log_w0 = log_w0.at[0].set(lw0)
+        else:
+            ref_steps = None
+        tw0 = jax.vmap(lambda c: self._log_twist(c, 0, T))(carry)
+        log_w0 = jnp.broadcast_to(log_w0 + tw0, (n,))
+        log_Z0 = jax.nn.logsumexp(log_w0) - jnp.log(n)
+        log_w = log_w0 - jax.nn.logsumexp(log_w0)
+
+        def body(state, inp):
+            carry, log_w, tw, key = state
+            t, y, ref_t = inp
+            key, k_res, k_prop = jax.random.split(key, 3)
+            ess_prev = 1.0 / jnp.sum(jnp.exp(2 * log_w))
+            do_res = ess_prev < self.resample_threshold * n
+            if conditional:
+                do_res = jnp.ones((), bool)
+            idx = jnp.where(
+                do_res, _resample(k_res, log_w, conditional, self.resampling), jnp.arange(n)
+            )
+            log_w = jnp.where(do_res, -jnp.log(n), log_w)
+            carry = jax.tree.map(lambda x: x[idx], carry)
+            tw = tw[idx]
+            keys = jax.random.split(k_prop, n)
+            new, lw, lat = jax.vmap(lambda k, c: self._propagate_one(k, c, y, None))(keys, carry)
+            if conditional:
+                c0 = jax.tree.map(lambda x: x[0], carry)
+                n0, lw0, lat0 = self._propagate_one(keys[0], c0, y, ref_t)
+                new = jax.tree.map(lambda a, b: a.at[0].set(b), new, n0)
+                lw = lw.at[0].set(lw0)
+                lat = jax.tree.map(lambda a, b: a.at[0].set(b), lat, lat0)
+            new_tw = jax.vmap(lambda c: self._log_twist(c, t + 1, T))(new)
+            inc = lw + new_tw - tw
+            inc = jnp.where(jnp.isnan(inc), -jnp.inf, inc)
+            un = log_w + inc
+            log_inc_Z = jax.nn.logsumexp(un)
+            log_w = un - log_inc_Z
+            ess = 1.0 / jnp.sum(jnp.exp(2 * log_w))
+            out = (log_inc_Z, ess, do_res, idx, log_w, lat if self.keep_history else None)
+            return (new, log_w, new_tw, key), out
+
+        ts = jnp.arange(T)
+        (carry, log_w, _, _), (incs, ess, res, anc, lws, lats) = jax.lax.scan(
+            body, (carry, log_w, tw0, key), (ts, ys, ref_steps)
+        )
+        return ParticleFilterResult(
+            log_Z0 + jnp.sum(incs), incs, ess, res, carry, log_w, lats, lws, anc
+        )
+
+    # ------------------------------------------------------------------ public
+    def run(
+        self,
+        key: PRNGKey,
+        ys: ArrayTree,
+        *,
+        reference: dict | None = None,
+        reference_init: dict | None = None,
+    ) -> ParticleFilterResult:
+        """Filter the observations ``ys``.
+
+        Args:
+            key: PRNG key; a batch of keys ``(R, 2)`` runs ``R`` independent filters (vmapped),
+                and then ``reference``/``reference_init`` need a leading axis ``R`` too.
+            ys: observations, a pytree of arrays with leading time axis ``T`` (the ``xs`` of
+                ``scan``).
+            reference: conditional SMC: dict of the transition's latent site values along the
+                reference path, each with leading axis ``T``.
+            reference_init: values of the sample sites of ``init`` on the reference path (when
+                ``init`` is a function).
+
+        Returns:
+            :class:`ParticleFilterResult` (with a leading run axis for a batch of keys).
+        """
+        leaves = jax.tree.leaves(ys)
+        if not leaves or any(jnp.ndim(x) < 1 for x in leaves):
+            raise ValueError("ys must be arrays with a leading time axis T")
+        T = leaves[0].shape[0]
+        if any(x.shape[0] != T for x in leaves):
+            raise ValueError(
+                f"every leaf of ys needs the same leading time axis, got {[x.shape for x in leaves]}"
+            )
+        key = jnp.asarray(key)
+        batched = key.ndim == 2
+        first = (lambda t: jax.tree.map(lambda x: x[0], t)) if batched else (lambda t: t)
+        latent, init_latent = self._check(
+            ys, None if reference is None else first(reference), first(reference_init)
+        )
+        conditional = reference is not None
+        ref = None
+        if conditional:
+            ref_init = (
+                {k: jnp.asarray(reference_init[k]) for k in init_latent} if init_latent else None
+            )
+            ref = (ref_init, {k: jnp.asarray(reference[k]) for k in latent})
+        if batched:
+            return jax.vmap(lambda k, r: self._jitted(k, ys, r, conditional))(key, ref)
+        return self._jitted(key, ys, ref, conditional)
+
+    def _check(self, ys, reference, reference_init):
+        """Trace one particle at t = 0 to report mistakes before jit."""
+        key = jax.random.PRNGKey(0)
+        try:
+            carry, _, init_lat = self._init_one(key, None)
+            y0 = jax.tree.map(lambda x: x[0], ys)
+            (_, _), tr = _run_traced(self.transition, key, (carry, y0))
+        except Exception as e:
+            raise type(e)(f"running transition(carry, ys[0]) failed: {e}") from e
+        if not any(s["type"] == "sample" and s["is_observed"] for s in tr.values()):
+            raise ValueError(
+                "the transition has no observed sample site: observe the data with "
+                "numpyro.sample(name, dist, obs=y_t) inside transition(carry, y_t)"
+            )
+        latent = set(_latents(tr))
+        if reference is not None:
+            missing = latent - set(reference)
+            if missing:
+                raise ValueError(f"reference lacks the transition's latent sites {sorted(missing)}")
+            T = jax.tree.leaves(ys)[0].shape[0]
+            for name in latent:
+                if jnp.shape(reference[name])[:1] != (T,):
+                    raise ValueError(
+                        f"reference[{name!r}] must have leading time axis {T}, "
+                        f"got shape {jnp.shape(reference[name])}"
+                    )
+            if callable(self.init) and set(init_lat) - set(reference_init or {}):
+                raise ValueError(
+                    f"reference_init must give the init sites {sorted(init_lat)} of the reference path"
+                )
+        if self.proposal is not None:
+            _, trq = _run_traced(self.proposal, key, (carry, jax.tree.map(lambda x: x[0], ys)))
+            if set(_latents(trq)) != latent:
+                raise ValueError(
+                    f"proposal sites {sorted(_latents(trq))} differ from the transition's latent "
+                    f"sites {sorted(latent)}"
+                )
+        return sorted(latent), sorted(init_lat)
