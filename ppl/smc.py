@@ -267,6 +267,8 @@ def _resample(key, log_w, conditional):
 
     n = log_w.shape[0]
     w = jax.nn.softmax(log_w)
+    if n == 1:
+        return jnp.zeros(1, int)
     if conditional:
         return jnp.concatenate([jnp.zeros(1, int), resampling.multinomial(key, w, n - 1)])
     return resampling.systematic(key, w, n)
@@ -294,14 +296,15 @@ class TemperedSMC:
         kernel: the move, a module/object with BlackJAX's ``init(position, logdensity_fn)``
             and ``build_kernel()`` (``blackjax.hmc``, ``blackjax.mala``,
             ``kernels.involutive.hmc``, ...) or a name ``"hmc"``, ``"mala"``.
-        num_particles: ``N``.
+        num_particles: ``N``; 1 gives annealed importance sampling (frozen schedule only).
         num_mcmc_steps: kernel steps per temperature.
         kernel_params: extra keyword parameters of the kernel step (e.g.
             ``{"num_integration_steps": 8}``). ``step_size`` here is the initial step size.
         schedule: ``None`` for an ESS-adaptive schedule, an array of betas ``0 = b_0 < ... <
             b_K = 1``, or a :class:`FrozenSchedule` (fixes step sizes and mass matrices too).
-        target_ess: adaptive schedule: next beta solves ``ESS(incremental weights) =
-            target_ess * N`` by bisection.
+        target_ess: adaptive schedule: next beta solves ``CESS = target_ess`` by bisection,
+            with the conditional ESS ``(sum_i W_i w_i)^2 / sum_i W_i w_i^2`` of the
+            incremental weights ``w_i`` (Zhou, Johansen and Aston, 2016).
         resample_threshold: resample when ``ESS < resample_threshold * N`` (1 = every step).
         adapt_step_size: scale the step size after each temperature towards
             ``target_acceptance`` (ignored with a :class:`FrozenSchedule`).
@@ -326,8 +329,13 @@ class TemperedSMC:
         adapt_mass_matrix: bool = True,
         max_num_steps: int = 500,
     ):
-        if num_particles < 2:
-            raise ValueError(f"num_particles must be at least 2, got {num_particles}")
+        if num_particles < 1:
+            raise ValueError(f"num_particles must be at least 1, got {num_particles}")
+        if num_particles == 1 and not isinstance(schedule, FrozenSchedule):
+            raise ValueError(
+                "num_particles=1 (annealed importance sampling) needs a FrozenSchedule: an "
+                "adaptive schedule and step sizes cannot be estimated from one particle"
+            )
         if num_mcmc_steps < 1:
             raise ValueError(f"num_mcmc_steps must be at least 1, got {num_mcmc_steps}")
         if not 0 < target_ess < 1:
@@ -470,7 +478,6 @@ class TemperedSMC:
         c = self._init(key, dens)
         M = self.max_num_steps if betas_fixed is None else betas_fixed.shape[0] - 1
         d = dens.dim
-        n = self.num_particles
         bufs = (
             jnp.zeros(M + 1, c.u.dtype),
             jnp.zeros(M, c.u.dtype),
@@ -484,9 +491,14 @@ class TemperedSMC:
             if betas_fixed is not None:
                 return None
 
-            def ess_at(b):
-                lw = c.log_w + (b - beta) * jnp.where(jnp.isnan(c.loglik), -jnp.inf, c.loglik)
-                return _ess(lw) - self.target_ess * n
+            loglik = jnp.where(jnp.isnan(c.loglik), -jnp.inf, c.loglik)
+
+            def ess_at(b):  # conditional ESS (Zhou, Johansen and Aston, 2016), relative
+                lw = jnp.where(jnp.isneginf(loglik), -jnp.inf, (b - beta) * loglik)
+                cess = jnp.exp(
+                    2 * jax.nn.logsumexp(c.log_w + lw) - jax.nn.logsumexp(c.log_w + 2 * lw)
+                )
+                return cess - self.target_ess
 
             def bis(_, lohi):
                 lo, hi = lohi
