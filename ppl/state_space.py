@@ -203,8 +203,6 @@ class ParticleFilter:
         k_init, key = jax.random.split(key)
         init_keys = jax.random.split(k_init, n)
         carry, log_w0, _ = jax.vmap(lambda k: self._init_one(k, None))(init_keys)
-        if not callable(self.init):
-            carry = jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *jnp.shape(x))), carry)
         if conditional:
             ref_init, ref_steps = reference
             if callable(self.init):

@@ -154,3 +154,28 @@ def lme_z(x, truth):
     w = np.exp(np.asarray(x, np.float64) - truth)
     se = w.std(ddof=1) / np.sqrt(w.size) / w.mean()
     return float(np.log(w.mean()) / max(se, 1e-12))
+
+
+def scalar_lgssm_backward(ys, a, q, r):
+    """Backward information filter of the scalar model ``x_t ~ N(a x_{t-1}, q^2)``,
+    ``y_t ~ N(x_t, r^2)``: ``log p(y_{t+1:T} | x_t) = -P_t x^2 / 2 + h_t x + c_t``.
+
+    Returns ``(P, h, c)`` each ``(T + 1,)`` (index ``T`` is the constant 1), and the optimal
+    proposal ``p(x_t | x_{t-1}, y_{t:T}) = N((a x_{t-1} / q^2 + hy_t) / S_t, 1 / S_t)`` as
+    ``(S, hy)`` each ``(T,)`` for ``t = 1..T`` (index ``t - 1``).
+    """
+    ys = np.asarray(ys, np.float64)
+    T = ys.size
+    P, h, c = np.zeros(T + 1), np.zeros(T + 1), np.zeros(T + 1)
+    S, hy = np.zeros(T), np.zeros(T)
+    for t in range(T, 0, -1):  # absorb y_t (index t - 1) into beta_t, integrate x_t
+        y = ys[t - 1]
+        J = P[t] + 1 / r**2
+        hp = h[t] + y / r**2
+        cp = c[t] - 0.5 * y**2 / r**2 - 0.5 * np.log(2 * np.pi * r**2)
+        s = J + 1 / q**2
+        S[t - 1], hy[t - 1] = s, hp
+        P[t - 1] = a**2 / q**2 - a**2 / (q**4 * s)
+        h[t - 1] = hp * a / (q**2 * s)
+        c[t - 1] = cp - 0.5 * np.log(1 + q**2 * J) + 0.5 * hp**2 / s
+    return P, h, c, S, hy

@@ -1,0 +1,188 @@
+"""ppl.ParticleFilter against the Kalman filter and the HMM forward algorithm."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+
+from ppl.state_space import ParticleFilter
+from tests.ppl import oracles
+
+R = 100  # independent runs (vmapped)
+ALPHA = 0.01
+SLACK = np.log(2 * R / ALPHA)  # distribution-free bracketing slack
+
+# --------------------------------------------------------------------------- linear Gaussian
+A, Q, RR, M0, S0, T = 0.9, 0.5, 0.7, 0.3, 1.0, 20
+
+
+def lg_transition(x, y):
+    x = numpyro.sample("x", dist.Normal(A * x, Q))
+    numpyro.sample("y", dist.Normal(x, RR), obs=y)
+    return x, x
+
+
+def lg_init():
+    return numpyro.sample("x0", dist.Normal(M0, S0))
+
+
+def _lg_data():
+    rng = np.random.default_rng(0)
+    x, ys = M0 + S0 * rng.normal(), []
+    for _ in range(T):
+        x = A * x + Q * rng.normal()
+        ys.append(x + RR * rng.normal())
+    return np.asarray(ys)
+
+
+YS = _lg_data()
+KF = dict(
+    A=np.eye(1) * A,
+    Q=np.eye(1) * Q**2,
+    C=np.eye(1),
+    R=np.eye(1) * RR**2,
+    m0=[M0],
+    P0=np.eye(1) * S0**2,
+)
+
+
+@pytest.fixture(scope="module")
+def lg_runs():
+    pf = ParticleFilter(lg_transition, lg_init, num_particles=64)
+    keys = jax.random.split(jax.random.PRNGKey(0), R)
+    lower = pf.run(keys, jnp.asarray(YS))
+    paths = oracles.kalman_ffbs(np.random.default_rng(1), YS[:, None], num_samples=R, **KF)[..., 0]
+    upper = pf.run(
+        jax.random.split(jax.random.PRNGKey(1), R),
+        jnp.asarray(YS),
+        reference={"x": jnp.asarray(paths[:, 1:], jnp.float32)},
+        reference_init={"x0": jnp.asarray(paths[:, 0], jnp.float32)},
+    )
+    return lower, upper
+
+
+def test_kalman_log_Z_bracketed(lg_runs):
+    lower, upper = lg_runs
+    log_z = oracles.kalman_filter(YS[:, None], **KF)[0]
+    L, U = np.asarray(lower.log_Z, np.float64), np.asarray(upper.log_Z, np.float64)
+    assert abs(oracles.lme_z(L, log_z)) < 4  # z-score: log-mean-exp(L) vs log Z
+    assert abs(oracles.lme_z(-U, -log_z)) < 4  # z-score: -log-mean-exp(-U) vs log Z
+    assert L.max() <= log_z + SLACK and U.min() >= log_z - SLACK  # distribution-free
+    assert L.mean() < log_z < U.mean()  # Jensen, both directions (gap ~ 1 nat here)
+    assert lower.ess.shape == (R, T) and np.all(np.asarray(lower.ess) <= 64 + 1e-3)
+
+
+def test_filtering_means_match_kalman(lg_runs):
+    lower, _ = lg_runs
+    _, means, covs, _, _ = oracles.kalman_filter(YS[:, None], **KF)
+    w = np.exp(np.asarray(lower.filter_log_weights, np.float64))  # (R, T, N)
+    x = np.asarray(lower.latents["x"], np.float64)  # (R, T, N)
+    est = (w * x).sum(-1)  # (R, T) filtering means per run
+    z = (est.mean(0) - means[1:, 0]) / (est.std(0, ddof=1) / np.sqrt(R))
+    assert np.all(np.abs(z) < 4.5)  # z-scores, T = 20 of them (Bonferroni ~ 4.5)
+
+
+def test_exact_twist_and_proposal_give_exact_log_Z_in_float64():
+    """Fully adapted proposal with the exact look-ahead twist: every weight is constant, so
+    lower = upper = log Z (x_0 fixed)."""
+    with jax.enable_x64(True):
+        P, h, c, S, hy = oracles.scalar_lgssm_backward(YS, A, Q, RR)
+        P, h, c, S, hy = (jnp.asarray(v) for v in (P, h, c, S, hy))
+
+        def transition(x, inp):
+            y, _ = inp
+            x = numpyro.sample("x", dist.Normal(A * x, Q))
+            numpyro.sample("y", dist.Normal(x, RR), obs=y)
+            return x, x
+
+        def proposal(x, inp):
+            _, t = inp
+            numpyro.sample("x", dist.Normal((A * x / Q**2 + hy[t]) / S[t], 1 / jnp.sqrt(S[t])))
+
+        def twist(x, t):
+            return -0.5 * P[t] * x**2 + h[t] * x + c[t]
+
+        pf = ParticleFilter(
+            transition, jnp.asarray(M0), num_particles=8, proposal=proposal, twist=twist
+        )
+        xs = (jnp.asarray(YS), jnp.arange(T))
+        log_z = oracles.kalman_filter(YS[:, None], **{**KF, "P0": np.zeros((1, 1))})[0]
+        lower = pf.run(jax.random.PRNGKey(0), xs)
+        ref = {"x": jnp.asarray(YS)}  # any path: every weight is 1
+        upper = pf.run(jax.random.PRNGKey(1), xs, reference=ref)
+        np.testing.assert_allclose(lower.log_Z, log_z, atol=1e-6)
+        np.testing.assert_allclose(upper.log_Z, log_z, atol=1e-6)
+        np.testing.assert_allclose(lower.log_Z_increments, 0.0, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- discrete HMM
+PI0 = np.array([0.6, 0.3, 0.1])
+TRANS = np.array([[0.8, 0.15, 0.05], [0.1, 0.7, 0.2], [0.2, 0.2, 0.6]])
+LOCS = np.array([-1.0, 0.5, 2.0])
+SCALE = 0.8
+T_HMM = 15
+
+
+def hmm_transition(z, y):
+    z = numpyro.sample("z", dist.Categorical(probs=jnp.asarray(TRANS)[z]))
+    numpyro.sample("y", dist.Normal(jnp.asarray(LOCS)[z], SCALE), obs=y)
+    return z, z
+
+
+def hmm_init():
+    return numpyro.sample("z0", dist.Categorical(probs=jnp.asarray(PI0)))
+
+
+def test_hmm_log_Z_bracketed_by_forward_algorithm():
+    rng = np.random.default_rng(2)
+    z, ys = rng.choice(3, p=PI0), []
+    for _ in range(T_HMM):
+        z = rng.choice(3, p=TRANS[z])
+        ys.append(LOCS[z] + SCALE * rng.normal())
+    ys = np.asarray(ys)
+    log_lik = -0.5 * ((ys[:, None] - LOCS) / SCALE) ** 2 - np.log(SCALE * np.sqrt(2 * np.pi))
+    log_z, _ = oracles.hmm_forward(np.log(PI0), np.log(TRANS), log_lik)
+    paths = oracles.hmm_ffbs(rng, np.log(PI0), np.log(TRANS), log_lik, R)
+    pf = ParticleFilter(hmm_transition, hmm_init, num_particles=16, resampling="stratified")
+    lower = pf.run(jax.random.split(jax.random.PRNGKey(3), R), jnp.asarray(ys))
+    upper = pf.run(
+        jax.random.split(jax.random.PRNGKey(4), R),
+        jnp.asarray(ys),
+        reference={"z": jnp.asarray(paths[:, 1:], jnp.int32)},
+        reference_init={"z0": jnp.asarray(paths[:, 0], jnp.int32)},
+    )
+    L, U = np.asarray(lower.log_Z, np.float64), np.asarray(upper.log_Z, np.float64)
+    assert abs(oracles.lme_z(L, log_z)) < 4  # z-score
+    assert abs(oracles.lme_z(-U, -log_z)) < 4  # z-score
+    assert L.max() <= log_z + SLACK and U.min() >= log_z - SLACK
+    assert L.mean() <= log_z <= U.mean()
+
+
+# --------------------------------------------------------------------------- errors
+def test_errors():
+    pf = ParticleFilter(lg_transition, lg_init, num_particles=4)
+
+    def unobserved(x, y):
+        return numpyro.sample("x", dist.Normal(x, 1.0)), None
+
+    with pytest.raises(ValueError, match="no observed sample site"):
+        ParticleFilter(unobserved, 0.0, num_particles=4).run(jax.random.PRNGKey(0), jnp.zeros(3))
+    with pytest.raises(ValueError, match="leading time axis"):
+        pf.run(jax.random.PRNGKey(0), jnp.asarray(1.0))
+    with pytest.raises(ValueError, match="lacks"):
+        pf.run(jax.random.PRNGKey(0), jnp.zeros(3), reference={"w": jnp.zeros(3)})
+    with pytest.raises(ValueError, match="leading time axis 3"):
+        pf.run(
+            jax.random.PRNGKey(0),
+            jnp.zeros(3),
+            reference={"x": jnp.zeros(2)},
+            reference_init={"x0": 0.0},
+        )
+    with pytest.raises(ValueError, match="reference_init"):
+        pf.run(jax.random.PRNGKey(0), jnp.zeros(3), reference={"x": jnp.zeros(3)})
+    with pytest.raises(ValueError, match="resampling scheme"):
+        ParticleFilter(lg_transition, lg_init, resampling="optimal")
+    with pytest.raises(ValueError, match="num_particles"):
+        ParticleFilter(lg_transition, lg_init, num_particles=1)
