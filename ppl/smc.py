@@ -311,6 +311,8 @@ class TemperedSMC:
         adapt_mass_matrix: set the diagonal inverse mass matrix to the particle variance at
             each temperature, when the kernel takes ``inverse_mass_matrix``.
         max_num_steps: buffer size of the adaptive schedule.
+        shard: split the particles across all local devices (``jax.sharding``, particle axis);
+            resampling and log-sum-exps stay global, so a seed gives the same result.
     """
 
     def __init__(
@@ -328,6 +330,7 @@ class TemperedSMC:
         target_acceptance: float = 0.7,
         adapt_mass_matrix: bool = True,
         max_num_steps: int = 500,
+        shard: bool = False,
     ):
         if num_particles < 1:
             raise ValueError(f"num_particles must be at least 1, got {num_particles}")
@@ -352,6 +355,18 @@ class TemperedSMC:
         self.target_acceptance = float(target_acceptance)
         self.adapt_mass_matrix = bool(adapt_mass_matrix)
         self.max_num_steps = int(max_num_steps)
+        self._sharding = None
+        if shard:
+            devices = jax.devices()
+            if num_particles % len(devices):
+                raise ValueError(
+                    f"shard=True needs num_particles divisible by the {len(devices)} devices, "
+                    f"got {num_particles}"
+                )
+            mesh = jax.sharding.Mesh(devices, ("particles",))
+            self._sharding = jax.sharding.NamedSharding(
+                mesh, jax.sharding.PartitionSpec("particles")
+            )
         step = self.kernel.build_kernel()
         self._takes_step_size = _kernel_accepts(step, "step_size")
         self._takes_imm = _kernel_accepts(step, "inverse_mass_matrix")
@@ -437,16 +452,23 @@ class TemperedSMC:
             next_step = step_size * jnp.exp(jnp.clip(acc - self.target_acceptance, -0.5, 0.5))
         else:
             next_step = step_size
+        new_u, new_ll, log_w = self._shard((new_u, new_ll, log_w))
         carry = _Carry(new_u, new_ll, log_w, log_Z, next_step, key)
         return carry, (ess, do_resample, acc, step_size, imm)
 
     # ------------------------------------------------------------------ drivers
+    def _shard(self, tree):
+        if self._sharding is None:
+            return tree
+        return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, self._sharding), tree)
+
     def _init(self, key, dens, reference0=None):
         k_init, key = jax.random.split(key)
         u = jax.vmap(dens.sample_prior)(jax.random.split(k_init, self.num_particles))
         if reference0 is not None:
             u = u.at[0].set(reference0)
         loglik = jax.vmap(dens.log_likelihood)(u)
+        u, loglik = self._shard((u, loglik))
         n = self.num_particles
         step_size = jnp.asarray(self.kernel_params.get("step_size", 1.0), u.dtype)
         return _Carry(u, loglik, jnp.full(n, -jnp.log(n)), jnp.zeros((), u.dtype), step_size, key)

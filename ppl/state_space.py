@@ -132,6 +132,9 @@ class ParticleFilter:
             conditional runs always resample, multinomially).
         resampling: ``"systematic"``, ``"stratified"``, ``"multinomial"`` or ``"residual"``.
         keep_history: keep the filtering particles and weights of every step.
+        shard: split the particles across all local devices (``jax.sharding``, particle axis);
+            resampling gathers and the log-sum-exp of the weights are global, so a seed gives
+            the same result sharded and unsharded (up to floating-point reassociation).
     """
 
     def __init__(
@@ -145,6 +148,7 @@ class ParticleFilter:
         resample_threshold: float = 0.5,
         resampling: str = "systematic",
         keep_history: bool = True,
+        shard: bool = False,
     ):
         if num_particles < 2:
             raise ValueError(f"num_particles must be at least 2, got {num_particles}")
@@ -163,6 +167,18 @@ class ParticleFilter:
         self.resample_threshold = float(resample_threshold)
         self.resampling = resampling
         self.keep_history = bool(keep_history)
+        self._sharding = None
+        if shard:
+            devices = jax.devices()
+            if num_particles % len(devices):
+                raise ValueError(
+                    f"shard=True needs num_particles divisible by the {len(devices)} devices, "
+                    f"got {num_particles}"
+                )
+            mesh = jax.sharding.Mesh(devices, ("particles",))
+            self._sharding = jax.sharding.NamedSharding(
+                mesh, jax.sharding.PartitionSpec("particles")
+            )
         self._jitted = jax.jit(self._run, static_argnums=(3,))
 
     # ------------------------------------------------------------------ pieces
@@ -196,6 +212,11 @@ class ParticleFilter:
             return jnp.zeros(())
         return jnp.where(t >= T, 0.0, jnp.asarray(self.twist(carry, t)).reshape(()))
 
+    def _shard(self, tree):
+        if self._sharding is None:
+            return tree
+        return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, self._sharding), tree)
+
     # ------------------------------------------------------------------ driver
     def _run(self, key, ys, reference, conditional: bool):
         n = self.num_particles
@@ -215,6 +236,7 @@ class ParticleFilter:
         log_w0 = jnp.broadcast_to(log_w0 + tw0, (n,))
         log_Z0 = jax.nn.logsumexp(log_w0) - jnp.log(n)
         log_w = log_w0 - jax.nn.logsumexp(log_w0)
+        carry, log_w = self._shard((carry, log_w))
 
         def body(state, inp):
             carry, log_w, tw, key = state
@@ -246,6 +268,7 @@ class ParticleFilter:
             log_w = un - log_inc_Z
             ess = 1.0 / jnp.sum(jnp.exp(2 * log_w))
             out = (log_inc_Z, ess, do_res, idx, log_w, lat if self.keep_history else None)
+            new, log_w, new_tw = self._shard((new, log_w, new_tw))
             return (new, log_w, new_tw, key), out
 
         ts = jnp.arange(T)

@@ -186,3 +186,18 @@ def test_errors():
         ParticleFilter(lg_transition, lg_init, resampling="optimal")
     with pytest.raises(ValueError, match="num_particles"):
         ParticleFilter(lg_transition, lg_init, num_particles=1)
+
+
+def test_sharded_equals_unsharded():
+    """Particles split over the 4 forced host devices: same seed, same result."""
+    assert jax.device_count() >= 2, "tests/conftest.py forces 4 host devices"
+    n = 16 * jax.device_count()
+    key = jax.random.PRNGKey(5)
+    plain = ParticleFilter(lg_transition, lg_init, num_particles=n).run(key, jnp.asarray(YS))
+    sharded = ParticleFilter(lg_transition, lg_init, num_particles=n, shard=True).run(
+        key, jnp.asarray(YS)
+    )
+    np.testing.assert_allclose(sharded.log_Z, plain.log_Z, rtol=1e-5)
+    np.testing.assert_array_equal(sharded.ancestors, plain.ancestors)
+    np.testing.assert_allclose(sharded.carry, plain.carry, rtol=1e-5)
+    assert len(sharded.carry.sharding.device_set) == jax.device_count()

@@ -210,3 +210,19 @@ def test_errors():
         TemperedSMC(normal_model, blackjax.hmc, schedule=frozen, num_particles=4).run(
             jax.random.PRNGKey(0), 10, y=y, reference={"nu": 0.0}
         )
+
+
+def test_sharded_equals_unsharded():
+    """Particles split over the 4 forced host devices: same seed, same result."""
+    n = 8 * jax.device_count()
+    frozen = FrozenSchedule(jnp.linspace(0, 1, 4), jnp.full(3, 0.5), jnp.ones((3, 1)))
+    y = jnp.asarray(Y_NORMAL)
+    out = [
+        TemperedSMC(normal_model, blackjax.hmc, num_particles=n, schedule=frozen, shard=s).run(
+            jax.random.PRNGKey(9), 10, y=y
+        )
+        for s in (False, True)
+    ]
+    np.testing.assert_allclose(out[1].log_Z, out[0].log_Z, rtol=1e-5)
+    np.testing.assert_allclose(out[1].positions, out[0].positions, rtol=1e-4, atol=1e-5)
+    assert len(out[1].positions.sharding.device_set) == jax.device_count()
