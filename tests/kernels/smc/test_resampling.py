@@ -1,0 +1,114 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kernels.smc import resampling as rs
+
+W = np.array([0.05, 0.3, 0.0, 0.15, 0.02, 0.48])
+with np.errstate(divide="ignore"):
+    LOG_W = np.log(W) - 1e3  # large offset (float32-exact enough) and a -inf weight
+N = W.shape[0]
+R = 4000
+
+
+def _counts(scheme, num_samples, conditional=False):
+    keys = jax.random.split(jax.random.key(0), R)
+    anc = jax.jit(jax.vmap(lambda k: scheme(k, jnp.asarray(LOG_W, jnp.float32), num_samples)))(keys)
+    anc = np.asarray(anc)
+    return anc, np.stack([(anc == i).sum(1) for i in range(N)], 1)
+
+
+@pytest.mark.parametrize("name", list(rs.SCHEMES))
+@pytest.mark.parametrize("m", [6, 11])
+def test_unbiased_offspring_counts(name, m):
+    anc, counts = _counts(rs.SCHEMES[name], m)
+    assert anc.shape == (R, m) and anc.dtype == np.int32
+    assert np.all(counts[:, 2] == 0)  # zero weight never selected
+    mean, sd = counts.mean(0), counts.std(0) + 1e-12
+    z = (mean - m * W) / (sd / np.sqrt(R))
+    assert np.all(np.abs(z[W > 0]) < 4.5), z  # z-score (6 weights, Bonferroni-ish)
+
+
+@pytest.mark.parametrize("m", [6, 11])
+def test_low_variance_properties(m):
+    _, c_mult = _counts(rs.multinomial, m)
+    _, c_sys = _counts(rs.systematic, m)
+    _, c_strat = _counts(rs.stratified, m)
+    _, c_res = _counts(rs.residual, m)
+    floor, ceil = np.floor(m * W), np.ceil(m * W)
+    # systematic: every count is floor or ceil of M W_i
+    assert np.all((c_sys >= floor) & (c_sys <= ceil))
+    # residual: at least floor(M W_i) copies
+    assert np.all(c_res >= floor)
+    # stratified: each count within floor - 1 .. ceil + 1; variance below multinomial
+    assert np.all((c_strat >= floor - 1) & (c_strat <= ceil + 1))
+    # total offspring variance well below multinomial's (exact: sum M W_i (1 - W_i))
+    v_mult = np.sum(m * W * (1 - W))
+    assert abs(c_mult.var(0).sum() / v_mult - 1) < 0.1  # MC error of a variance, R = 4000
+    for c in (c_sys, c_strat, c_res):
+        assert c.var(0).sum() < 0.7 * v_mult
+
+
+@pytest.mark.parametrize("name", list(rs.SCHEMES))
+def test_conditional_keeps_reference(name):
+    scheme = rs.conditional(rs.SCHEMES[name])
+    anc, counts = _counts(scheme, N)
+    assert np.all(anc[:, 0] == 0)
+    rest = counts.copy()
+    rest[:, 0] -= 1  # the reference slot
+    mean, sd = rest.mean(0), rest.std(0) + 1e-12
+    z = (mean - (N - 1) * W) / (sd / np.sqrt(R))
+    assert np.all(np.abs(z[W > 0]) < 4.5), z  # z-score: others resampled from ALL weights
+    assert np.all(rest[:, 2] == 0)
+
+
+def test_conditional_multinomial_exact_law():
+    # P(A_1 = i) = W_i, A_0 = 0 (reference), independent of the reference weight
+    anc, _ = _counts(rs.conditional_multinomial, 2)
+    freq = np.bincount(anc[:, 1], minlength=N) / R
+    se = np.sqrt(W * (1 - W) / R) + 1e-12
+    assert np.all(np.abs((freq - W) / se)[W > 0] < 4.5)  # z-score
+
+
+def test_offset_invariance_and_all_inf():
+    lw = jnp.asarray(LOG_W + 1e3, jnp.float32)
+    key = jax.random.key(3)
+    for scheme in rs.SCHEMES.values():
+        a = scheme(key, lw, 8)
+        b = scheme(key, lw - 1e4, 8)
+        np.testing.assert_array_equal(a, b)
+        allinf = scheme(key, jnp.full(5, -jnp.inf), 5)
+        assert np.all((allinf >= 0) & (allinf < 5))
+    np.testing.assert_allclose(rs.normalize(jnp.full(4, -jnp.inf)), np.full(4, -np.log(4)))
+    assert float(rs.ess(jnp.full(4, -jnp.inf))) == pytest.approx(1.0)
+    # float32 spacing at 1e4 is 1e-3: the offset perturbs log weights by that much
+    np.testing.assert_allclose(float(rs.ess(lw - 1e4)), 1 / np.sum(W**2), rtol=3e-3)
+    np.testing.assert_allclose(float(rs.ess(jnp.zeros(7))), 7.0, rtol=1e-6)
+
+
+def test_resample_if_under_scan_jit():
+    lw_bad = jnp.asarray(LOG_W + 1e3, jnp.float32)
+    lw_good = jnp.zeros(N)
+
+    @jax.jit
+    def f(key):
+        def body(c, x):
+            k, lw = x
+            anc, did, after = rs.resample_if(k, lw, 0.5, rs.systematic)
+            return c, (anc, did, after)
+
+        keys = jax.random.split(key, 2)
+        return jax.lax.scan(body, 0, (keys, jnp.stack([lw_bad, lw_good])))[1]
+
+    anc, did, after = f(jax.random.key(1))
+    assert bool(did[0]) and not bool(did[1])
+    np.testing.assert_array_equal(anc[1], np.arange(N))
+    # mass preserved: logsumexp of the weights unchanged
+    np.testing.assert_allclose(jax.nn.logsumexp(after[0]), jax.nn.logsumexp(lw_bad), atol=1e-5)
+    np.testing.assert_allclose(
+        after[0], np.full(N, jax.nn.logsumexp(lw_bad) - np.log(N)), atol=1e-5
+    )
+    # threshold 1 always resamples, 0 never
+    assert bool(rs.resample_if(jax.random.key(0), lw_good, 1.0)[1])
+    assert not bool(rs.resample_if(jax.random.key(0), lw_bad, 0.0)[1])
