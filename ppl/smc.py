@@ -261,22 +261,11 @@ def to_arviz(samples: dict):
 
 
 # --------------------------------------------------------------------------- resampling
-def _resample(key, log_w, conditional):
-    """Multinomial (or conditional multinomial: index 0 keeps ancestor 0) ancestor indices."""
-    from blackjax.smc import resampling
+def _scheme(conditional: bool):
+    """Systematic resampling, or conditional multinomial (index 0 keeps ancestor 0)."""
+    from kernels.smc import resampling
 
-    n = log_w.shape[0]
-    w = jax.nn.softmax(log_w)
-    if n == 1:
-        return jnp.zeros(1, int)
-    if conditional:
-        return jnp.concatenate([jnp.zeros(1, int), resampling.multinomial(key, w, n - 1)])
-    return resampling.systematic(key, w, n)
-
-
-def _ess(log_w):
-    w = jax.nn.softmax(log_w)
-    return 1.0 / jnp.sum(w**2)
+    return resampling.conditional_multinomial if conditional else resampling.systematic
 
 
 class _Carry(NamedTuple):
@@ -427,6 +416,8 @@ class TemperedSMC:
 
     # ------------------------------------------------------------------ one SMC step
     def _step(self, c: _Carry, d_beta, beta, dens, imm, step_size, reference, last):
+        from kernels.smc import resampling
+
         key, k_res, k_move = jax.random.split(c.key, 3)
         inc = d_beta * c.loglik
         inc = jnp.where(jnp.isnan(inc), -jnp.inf, inc)
@@ -434,15 +425,15 @@ class TemperedSMC:
         log_norm = jax.nn.logsumexp(log_w_un)
         log_Z = c.log_Z + log_norm
         log_w = log_w_un - log_norm
-        ess = _ess(log_w)
-        n = c.u.shape[0]
+        ess = resampling.ess(log_w)
         if imm is None:  # weighted variance under pi_k, before resampling
             imm = self._imm(c.u, log_w)
         conditional = reference is not None
-        do_resample = jnp.logical_or(last, ess < self.resample_threshold * n)
-        idx = jnp.where(do_resample, _resample(k_res, log_w, conditional), jnp.arange(n))
+        threshold = jnp.where(last, 1.0, self.resample_threshold)
+        idx, do_resample, log_w = resampling.resample_if(
+            k_res, log_w, threshold, _scheme(conditional)
+        )
         u = c.u[idx]
-        log_w = jnp.where(do_resample, jnp.full(n, -jnp.log(n)), log_w)
         new_u, new_ll, acc = self._move(k_move, u, beta, dens, step_size, imm)
         if conditional:  # particle 0 follows the reference path
             new_u = new_u.at[0].set(reference)

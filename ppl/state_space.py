@@ -104,16 +104,6 @@ def _run_traced(fn, key, args, data=None):
     return value, tr
 
 
-def _resample(key, log_w, conditional, scheme):
-    from blackjax.smc import resampling
-
-    n = log_w.shape[0]
-    w = jax.nn.softmax(log_w)
-    if conditional:
-        return jnp.concatenate([jnp.zeros(1, int), resampling.multinomial(key, w, n - 1)])
-    return getattr(resampling, scheme)(key, w, n)
-
-
 class ParticleFilter:
     """Bootstrap / guided / twisted particle filter for a NumPyro ``scan``-style transition.
 
@@ -128,9 +118,9 @@ class ParticleFilter:
             latent sites; replaces the transition prior as the proposal.
         twist: optional ``twist(carry, t) -> log psi_t`` (scalar per particle) for
             ``t = 0..T-1``; ``psi_T = 1``.
-        resample_threshold: resample when ``ESS < resample_threshold * N`` (1 = every step;
-            conditional runs always resample, multinomially).
-        resampling: ``"systematic"``, ``"stratified"``, ``"multinomial"`` or ``"residual"``.
+        resample_threshold: resample when ``ESS < resample_threshold * N`` (1 = every step).
+        resampling: ``"systematic"``, ``"stratified"``, ``"multinomial"`` or ``"residual"``
+            (``kernels.smc.resampling``; its conditional variant in conditional runs).
         keep_history: keep the filtering particles and weights of every step.
         shard: split the particles across all local devices (``jax.sharding``, particle axis);
             resampling gathers and the log-sum-exp of the weights are global, so a seed gives
@@ -219,6 +209,11 @@ class ParticleFilter:
 
     # ------------------------------------------------------------------ driver
     def _run(self, key, ys, reference, conditional: bool):
+        from kernels.smc import resampling
+
+        scheme = resampling.SCHEMES[self.resampling]
+        if conditional:
+            scheme = resampling.conditional(scheme)
         n = self.num_particles
         T = jax.tree.leaves(ys)[0].shape[0]
         k_init, key = jax.random.split(key)
@@ -242,14 +237,7 @@ class ParticleFilter:
             carry, log_w, tw, key = state
             t, y, ref_t = inp
             key, k_res, k_prop = jax.random.split(key, 3)
-            ess_prev = 1.0 / jnp.sum(jnp.exp(2 * log_w))
-            do_res = ess_prev < self.resample_threshold * n
-            if conditional:
-                do_res = jnp.ones((), bool)
-            idx = jnp.where(
-                do_res, _resample(k_res, log_w, conditional, self.resampling), jnp.arange(n)
-            )
-            log_w = jnp.where(do_res, -jnp.log(n), log_w)
+            idx, do_res, log_w = resampling.resample_if(k_res, log_w, self.resample_threshold, scheme)
             carry = jax.tree.map(lambda x: x[idx], carry)
             tw = tw[idx]
             keys = jax.random.split(k_prop, n)
@@ -266,7 +254,7 @@ class ParticleFilter:
             un = log_w + inc
             log_inc_Z = jax.nn.logsumexp(un)
             log_w = un - log_inc_Z
-            ess = 1.0 / jnp.sum(jnp.exp(2 * log_w))
+            ess = resampling.ess(log_w)
             out = (log_inc_Z, ess, do_res, idx, log_w, lat if self.keep_history else None)
             new, log_w, new_tw = self._shard((new, log_w, new_tw))
             return (new, log_w, new_tw, key), out

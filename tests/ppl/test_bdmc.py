@@ -8,6 +8,7 @@ import numpyro.distributions as dist
 import pytest
 
 from ppl.bdmc import BDMCResult, bdmc
+from ppl.smc import FrozenSchedule
 from tests.ppl import oracles
 
 R = 40
@@ -62,6 +63,7 @@ def test_summary(simulated):
 
 
 def test_user_data_with_exact_posterior_samples():
+    """User data and exact posterior draws, with a fixed schedule (no pilot run)."""
     rng = np.random.default_rng(1)
     X = rng.normal(size=(12, 2))
     y = X @ np.array([0.8, -1.0]) + 0.5 * rng.normal(size=12)
@@ -75,6 +77,7 @@ def test_user_data_with_exact_posterior_samples():
         num_runs=R,
         data={"y": jnp.asarray(y)},
         posterior_samples={"w": jnp.asarray(post, jnp.float32)},
+        schedule=FrozenSchedule(jnp.linspace(0, 1, 6) ** 2, jnp.full(5, 0.2), jnp.ones((5, 2))),
     )
     L, U = np.asarray(res.lower, np.float64), np.asarray(res.upper, np.float64)
     assert abs(oracles.lme_z(L, log_z)) < 4  # z-score
