@@ -48,15 +48,13 @@ class ParticleFilterResult(NamedTuple):
 
     Attributes:
         log_Z: estimate of ``log p(y_{1:T})``.
-        log_Z_increments: ``(T,)`` per-step terms of ``log_Z``.
-        ess: ``(T,)`` effective sample size after weighting at each step.
+        log_Z_increments: ``(T + 1,)`` per-step terms of ``log_Z`` (index 0: the init).
+        ess: ``(T + 1,)`` effective sample size after weighting at each step.
         resampled: ``(T,)`` whether each step resampled its ancestors first.
-        carry: final carries, leading axis ``N``.
+        carry: final carries, leading axis ``N`` (the filtering particles at ``T``).
         log_weights: ``(N,)`` final normalized log weights.
-        latents: dict of latent site values per step, ``(T, N, ...)`` (filtering particles,
-            before the ancestors of the next step are drawn); ``None`` if not kept.
-        filter_log_weights: ``(T, N)`` normalized log weights of ``latents``.
-        ancestors: ``(T, N)`` ancestor indices used at each step.
+        latents: dict of the transition's latent sites at step ``T``, ``(N, ...)``.
+        ancestors: ``(T, N)`` ancestor indices drawn before each step.
     """
 
     log_Z: Array
@@ -65,9 +63,15 @@ class ParticleFilterResult(NamedTuple):
     resampled: Array
     carry: ArrayTree
     log_weights: Array
-    latents: dict | None
-    filter_log_weights: Array
+    latents: dict
     ancestors: Array
+
+
+class _Particle(NamedTuple):
+    carry: ArrayTree
+    latents: dict
+    log_w: Array  # log g (+ log f - log q) of the last step
+    log_twist: Array
 
 
 def _site_log_probs(trace):
@@ -121,7 +125,6 @@ class ParticleFilter:
         resample_threshold: resample when ``ESS < resample_threshold * N`` (1 = every step).
         resampling: ``"systematic"``, ``"stratified"``, ``"multinomial"`` or ``"residual"``
             (``kernels.smc.resampling``; its conditional variant in conditional runs).
-        keep_history: keep the filtering particles and weights of every step.
         shard: split the particles across all local devices (``jax.sharding``, particle axis);
             resampling gathers and the log-sum-exp of the weights are global, so a seed gives
             the same result sharded and unsharded (up to floating-point reassociation).
@@ -137,7 +140,6 @@ class ParticleFilter:
         twist: Callable | None = None,
         resample_threshold: float = 0.5,
         resampling: str = "systematic",
-        keep_history: bool = True,
         shard: bool = False,
     ):
         if num_particles < 2:
@@ -156,7 +158,6 @@ class ParticleFilter:
         self.twist = twist
         self.resample_threshold = float(resample_threshold)
         self.resampling = resampling
-        self.keep_history = bool(keep_history)
         self._sharding = None
         if shard:
             devices = jax.devices()
@@ -209,63 +210,74 @@ class ParticleFilter:
 
     # ------------------------------------------------------------------ driver
     def _run(self, key, ys, reference, conditional: bool):
-        from kernels.smc import resampling
+        """One filter on ``kernels.smc.sequential.run``; a particle is a :class:`_Particle`."""
+        from kernels.smc import resampling, sequential
 
-        scheme = resampling.SCHEMES[self.resampling]
-        if conditional:
-            scheme = resampling.conditional(scheme)
         n = self.num_particles
         T = jax.tree.leaves(ys)[0].shape[0]
-        k_init, key = jax.random.split(key)
-        init_keys = jax.random.split(k_init, n)
-        carry, log_w0, _ = jax.vmap(lambda k: self._init_one(k, None))(init_keys)
-        if conditional:
+        y_at = lambda t: jax.tree.map(lambda x: x[t - 1], ys)  # noqa: E731  (t = 1..T)
+
+        def finish(carry, log_w, lat, t):
+            return _Particle(carry, lat, jnp.asarray(log_w), self._log_twist(carry, t, T))
+
+        def init_one(k, ref0=None):
+            carry, lw, _ = self._init_one(k, ref0)
+            lat = jax.tree.map(jnp.zeros_like, self._latent_template(carry, y_at(1)))
+            return finish(carry, lw, lat, 0)
+
+        def step_one(k, carry, t, ref_t=None):
+            new, lw, lat = self._propagate_one(k, carry, y_at(t), ref_t)
+            return finish(new, lw, lat, t)
+
+        def propose(k, x, t):
+            keys = jax.random.split(k, n)
+            return jax.vmap(lambda kk, c: step_one(kk, c, t))(keys, x.carry)
+
+        path = None
+        if conditional:  # the reference particle's states along its path, t = 0..T
             ref_init, ref_steps = reference
-            if callable(self.init):
-                c0, lw0, _ = self._init_one(init_keys[0], ref_init)
-                carry = jax.tree.map(lambda a, b: a.at[0].set(b), carry, c0)
-                log_w0 = log_w0.at[0].set(lw0)
-        else:
-            ref_steps = None
-        tw0 = jax.vmap(lambda c: self._log_twist(c, 0, T))(carry)
-        log_w0 = jnp.broadcast_to(log_w0 + tw0, (n,))
-        log_Z0 = jax.nn.logsumexp(log_w0) - jnp.log(n)
-        log_w = log_w0 - jax.nn.logsumexp(log_w0)
-        carry, log_w = self._shard((carry, log_w))
+            p0 = init_one(key, ref_init)
 
-        def body(state, inp):
-            carry, log_w, tw, key = state
-            t, y, ref_t = inp
-            key, k_res, k_prop = jax.random.split(key, 3)
-            idx, do_res, log_w = resampling.resample_if(k_res, log_w, self.resample_threshold, scheme)
-            carry = jax.tree.map(lambda x: x[idx], carry)
-            tw = tw[idx]
-            keys = jax.random.split(k_prop, n)
-            new, lw, lat = jax.vmap(lambda k, c: self._propagate_one(k, c, y, None))(keys, carry)
-            if conditional:
-                c0 = jax.tree.map(lambda x: x[0], carry)
-                n0, lw0, lat0 = self._propagate_one(keys[0], c0, y, ref_t)
-                new = jax.tree.map(lambda a, b: a.at[0].set(b), new, n0)
-                lw = lw.at[0].set(lw0)
-                lat = jax.tree.map(lambda a, b: a.at[0].set(b), lat, lat0)
-            new_tw = jax.vmap(lambda c: self._log_twist(c, t + 1, T))(new)
-            inc = lw + new_tw - tw
-            inc = jnp.where(jnp.isnan(inc), -jnp.inf, inc)
-            un = log_w + inc
-            log_inc_Z = jax.nn.logsumexp(un)
-            log_w = un - log_inc_Z
-            ess = resampling.ess(log_w)
-            out = (log_inc_Z, ess, do_res, idx, log_w, lat if self.keep_history else None)
-            new, log_w, new_tw = self._shard((new, log_w, new_tw))
-            return (new, log_w, new_tw, key), out
+            def ref_body(p, inp):
+                t, ref_t = inp
+                q = step_one(key, p.carry, t, ref_t)
+                return q, q
 
-        ts = jnp.arange(T)
-        (carry, log_w, _, _), (incs, ess, res, anc, lws, lats) = jax.lax.scan(
-            body, (carry, log_w, tw0, key), (ts, ys, ref_steps)
+            _, ps = jax.lax.scan(ref_body, p0, (jnp.arange(1, T + 1), ref_steps))
+            path = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), p0, ps)
+
+        scheme = resampling.SCHEMES[self.resampling]
+        res = sequential.run(
+            key,
+            init_fn=lambda k, _: jax.vmap(init_one)(jax.random.split(k, n)),
+            propose_fn=propose,
+            log_weight_fn=lambda prev, new, t: new.log_w + new.log_twist - prev.log_twist,
+            num_steps=T,
+            num_particles=n,
+            init_log_weight_fn=lambda x: x.log_w + x.log_twist,
+            resampling=scheme,
+            ess_threshold=self.resample_threshold,
+            reference=path,
+            conditional_resampling=resampling.conditional(scheme) if conditional else None,
+            constrain_fn=self._shard if self._sharding is not None else None,
         )
+        x = res.particles
         return ParticleFilterResult(
-            log_Z0 + jnp.sum(incs), incs, ess, res, carry, log_w, lats, lws, anc
+            res.log_Z,
+            res.log_Z_increments,
+            res.ess,
+            res.resampled,
+            x.carry,
+            res.log_weights,
+            x.latents,
+            res.ancestors,
         )
+
+    def _latent_template(self, carry, y):
+        _, _, lat = jax.eval_shape(
+            lambda: self._propagate_one(jax.random.PRNGKey(0), carry, y, None)
+        )
+        return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), lat)
 
     # ------------------------------------------------------------------ public
     def run(
