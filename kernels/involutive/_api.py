@@ -1,5 +1,6 @@
 """Shared boundary checks and the BlackJAX ``GenerateSamplingAPI`` wrapper for the built-ins."""
 
+import blackjax.mcmc.metrics as metrics
 import jax
 import jax.numpy as jnp
 from blackjax import GenerateSamplingAPI
@@ -59,3 +60,11 @@ def checked_init(init_fn, logdensity_fn, inverse_mass_matrix=None):
         return init_fn(position, logdensity_fn)
 
     return init
+
+
+def metric_factory(inverse_mass_matrix):
+    """``position -> Metric``: BlackJAX's metric, identity (diagonal of ones) when None."""
+    if inverse_mass_matrix is not None:
+        metric = metrics.default_metric(inverse_mass_matrix)
+        return lambda position: metric
+    return lambda position: metrics.default_metric(default_inverse_mass_matrix(position, None))

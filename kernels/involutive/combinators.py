@@ -139,47 +139,50 @@ def state_dependent_mixture(
     return Move(sample_aux, aux_logdensity, involution, finalize, base.init_aux, grad_evals)
 
 
-def lifted(move: Move, inverse: Callable) -> Move:
+def lifted(forward: Move, backward: Move) -> Move:
     """Lift a bijection into an irreversible chain with a direction variable (paper, Sec. 4).
 
-    ``move.involution`` is used as a *bijection* :math:`g` (need not be an involution) and
-    ``inverse`` as :math:`g^{-1}`, both ``(state, v) -> (state', v', log_abs_det)``. The state
-    carries :math:`d \\in \\{-1, +1\\}` (``state.aux``) with uniform :math:`p(d)`. The involution
-    on :math:`(x, v, d)` is :math:`(g(x, v), -1)` if :math:`d = +1` and
-    :math:`(g^{-1}(x, v), +1)` if :math:`d = -1`; after the accept/reject test :math:`d` is
-    negated. Hence an accepted step keeps moving in direction :math:`d` and a rejection reverses
-    it. Invariant: :math:`p(x)\\,\\mathrm{U}(d)`.
+    ``forward.involution`` is used as a *bijection* :math:`g` (it need not be an involution) and
+    ``backward.involution`` as :math:`g^{-1}`; the auxiliary distribution is ``forward``'s. The
+    state carries :math:`d \\in \\{-1, +1\\}` (``state.aux``) with uniform :math:`p(d)`. The
+    involution on :math:`(x, v, d)` is :math:`(g(x, v), -1)` if :math:`d = +1` and
+    :math:`(g^{-1}(x, v), +1)` if :math:`d = -1`, with acceptance
+    :math:`\\min\\{1, p(x')p(v' \\mid x')/(p(x)p(v \\mid x))|\\det J_{g^{\\pm 1}}|\\}`;
+    after the accept/reject test :math:`d` is negated. Hence an accepted step keeps moving in
+    direction :math:`d` and a rejection reverses it. Invariant: :math:`p(x)\\,\\mathrm{U}(d)`.
 
     Args:
-        move: provides the auxiliary distribution and :math:`g`.
-        inverse: :math:`g^{-1}`.
+        forward: provides the auxiliary distribution and :math:`g`.
+        backward: provides :math:`g^{-1}` (same auxiliary space).
 
     Returns:
         The lifted move (its states carry the direction in ``aux``; initial :math:`d = +1`).
     """
 
     def sample_aux(rng_key, state):
-        return move.sample_aux(rng_key, state), state.aux
+        return forward.sample_aux(rng_key, state), state.aux
 
     def aux_logdensity(aux, state):
         v, _ = aux
-        return move.aux_logdensity(v, state)
+        return forward.aux_logdensity(v, state)
 
     def involution(state, aux):
         v, d = aux
-        new_state, v_new, log_abs_det = jax.lax.cond(d > 0, move.involution, inverse, state, v)
+        new_state, v_new, log_abs_det = jax.lax.cond(
+            d > 0, forward.involution, backward.involution, state, v
+        )
         return new_state._replace(aux=state.aux), (v_new, -d), log_abs_det
 
     def finalize(state: InvolutiveState, aux):
         v, d = aux
-        return move.finalize(state, v)._replace(aux=-d)
+        return forward.finalize(state, v)._replace(aux=-d)
 
     def init_aux(state):
         del state
         return jnp.asarray(1, jnp.int32)
 
     def grad_evals(aux):
-        return move.grad_evals(aux[0])
+        return forward.grad_evals(aux[0])
 
     return Move(sample_aux, aux_logdensity, involution, finalize, init_aux, grad_evals)
 

@@ -11,13 +11,17 @@ as ``blackjax.hmc``. BlackJAX's integrators and metrics are reused.
 from collections.abc import Callable
 
 import blackjax.mcmc.integrators as integrators
-import blackjax.mcmc.metrics as metrics
 import jax
 import jax.numpy as jnp
 from blackjax.base import SamplingAlgorithm
 
 from kernels.involutive import base
-from kernels.involutive._api import GenerateSamplingAPI, checked_init, default_inverse_mass_matrix
+from kernels.involutive._api import (
+    GenerateSamplingAPI,
+    checked_init,
+    default_inverse_mass_matrix,
+    metric_factory,
+)
 from kernels.involutive.base import InvolutiveState, Move
 from kernels.types import ArrayLikeTree, LogDensityFn
 
@@ -37,24 +41,23 @@ def leapfrog_move(
         logdensity_fn: :math:`\\log p(x)`.
         step_size: leapfrog step size :math:`\\epsilon`.
         inverse_mass_matrix: :math:`M^{-1}`, ``(d,)`` diagonal or ``(d, d)`` dense (ravelled
-            position order), or a ``blackjax.mcmc.metrics.Metric``.
+            position order), a ``blackjax.mcmc.metrics.Metric``, or None (identity).
         num_integration_steps: :math:`L`.
         integrator: a BlackJAX symplectic integrator factory (``velocity_verlet`` by default).
 
     Returns:
         The move (its states cache ``logdensity_grad``).
     """
-    metric = metrics.default_metric(inverse_mass_matrix)
-    one_step = integrator(logdensity_fn, metric.kinetic_energy)
+    get_metric = metric_factory(inverse_mass_matrix)
 
     def sample_aux(rng_key, state):
-        return metric.sample_momentum(rng_key, state.position)
+        return get_metric(state.position).sample_momentum(rng_key, state.position)
 
     def aux_logdensity(momentum, state):
-        del state
-        return -metric.kinetic_energy(momentum)
+        return -get_metric(state.position).kinetic_energy(momentum)
 
     def involution(state, momentum):
+        one_step = integrator(logdensity_fn, get_metric(state.position).kinetic_energy)
         start = integrators.IntegratorState(
             state.position, momentum, state.logdensity, state.logdensity_grad
         )

@@ -6,13 +6,17 @@ Auxiliary :math:`v \sim \mathcal{N}(0, M)`; involution
 :math:`\mathcal{N}(0, s^2 M^{-1})`: ``inverse_mass_matrix`` is the proposal covariance shape.
 """
 
-import blackjax.mcmc.metrics as metrics
 import jax
 import jax.numpy as jnp
 from blackjax.base import SamplingAlgorithm
 
 from kernels.involutive import base
-from kernels.involutive._api import GenerateSamplingAPI, checked_init, default_inverse_mass_matrix
+from kernels.involutive._api import (
+    GenerateSamplingAPI,
+    checked_init,
+    default_inverse_mass_matrix,
+    metric_factory,
+)
 from kernels.involutive.base import InvolutiveState, Move
 from kernels.types import ArrayLikeTree, LogDensityFn
 
@@ -25,23 +29,22 @@ def random_walk_move(logdensity_fn: LogDensityFn, scale: float, inverse_mass_mat
     Args:
         logdensity_fn: :math:`\\log p(x)`.
         scale: :math:`s`.
-        inverse_mass_matrix: :math:`M^{-1}`, ``(d,)`` or ``(d, d)``.
+        inverse_mass_matrix: :math:`M^{-1}`, ``(d,)`` or ``(d, d)``, or None (identity).
 
     Returns:
         The move (gradient-free).
     """
-    metric = metrics.default_metric(inverse_mass_matrix)
-    velocity = jax.grad(metric.kinetic_energy)  # v -> M^{-1} v on pytrees
+    get_metric = metric_factory(inverse_mass_matrix)
 
     def sample_aux(rng_key, state):
-        return metric.sample_momentum(rng_key, state.position)
+        return get_metric(state.position).sample_momentum(rng_key, state.position)
 
     def aux_logdensity(v, state):
-        del state
-        return -metric.kinetic_energy(v)
+        return -get_metric(state.position).kinetic_energy(v)
 
     def involution(state, v):
-        x_new = jax.tree.map(lambda x, u: x + scale * u, state.position, velocity(v))
+        velocity = jax.grad(get_metric(state.position).kinetic_energy)(v)  # M^{-1} v
+        x_new = jax.tree.map(lambda x, u: x + scale * u, state.position, velocity)
         logdensity = logdensity_fn(x_new)
         proposal = InvolutiveState(x_new, logdensity, None, state.aux)
         return proposal, jax.tree.map(jnp.negative, v), jnp.zeros((), jnp.result_type(logdensity))
