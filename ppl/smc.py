@@ -228,7 +228,8 @@ class TemperedSMCResult(NamedTuple):
         positions: ``(N, d)`` final unconstrained particles.
         ess: ``(K,)`` effective sample size after reweighting at each temperature.
         resampled: ``(K,)`` bool, whether each step resampled.
-        acceptance_rate: ``(K,)`` mean acceptance rate of the moves.
+        acceptance_rate: ``(K,)`` mean acceptance rate of the moves (with a
+            :class:`FrozenSchedule`, only the final move's, at index ``K - 1``; NaN elsewhere).
         schedule: the :class:`FrozenSchedule` actually used (betas, step sizes, mass matrices).
         num_steps: ``K``, the number of temperatures after 0.
     """
@@ -465,25 +466,68 @@ class TemperedSMC:
         return _Carry(u, loglik, jnp.full(n, -jnp.log(n)), jnp.zeros((), u.dtype), step_size, key)
 
     def _run_fixed(self, key, dens, frozen: FrozenSchedule, reference=None):
-        """Scan over a fixed schedule. ``reference``: ``(K+1, d)`` path, particle 0 (CSMC)."""
+        """Fixed schedule on :func:`kernels.smc.sequential.run` ("move, then reweight").
+
+        Step ``t = 1..K``: resample (ESS-triggered), move ``x_t ~ M_{t-1}(x_{t-1}, .)``
+        invariant for ``pi_{t-1}`` (the identity at ``t = 1``: ``x_0`` is an exact prior
+        draw), reweight by ``(beta_t - beta_{t-1}) ell(x_t)``. Then a final resampling and a
+        move at ``beta_K`` give the returned (equally weighted) samples. ``reference``:
+        ``(K + 1, d)`` path of particle 0 (conditional SMC).
+        """
+        from kernels.smc import resampling, sequential
+
         betas = frozen.betas
         K = betas.shape[0] - 1
-        c = self._init(key, dens, None if reference is None else reference[0])
-        c = c._replace(step_size=frozen.step_sizes[0])
-        is_last = jnp.arange(K) == K - 1
-        refs = None if reference is None else reference[1:]
+        n = self.num_particles
+        k_smc, k_res, k_move = jax.random.split(key, 3)
 
-        def body(c, x):
-            d_beta, beta, step, imm, last = x[:5]
-            ref = x[5] if len(x) > 5 else None
-            c, out = self._step(c, d_beta, beta, dens, imm, step, ref, last)
-            return c, out
+        def init_fn(k, _):
+            u = jax.vmap(dens.sample_prior)(jax.random.split(k, n))
+            return _Particles(u, jax.vmap(dens.log_likelihood)(u), jnp.zeros(n, u.dtype))
 
-        xs = (jnp.diff(betas), betas[1:], frozen.step_sizes, frozen.inverse_mass_matrices, is_last)
-        if refs is not None:
-            xs = xs + (refs,)
-        c, (ess, res, acc, steps, imms) = jax.lax.scan(body, c, xs)
-        return c, ess, res, acc, FrozenSchedule(betas, steps, imms), jnp.asarray(K)
+        def propose(k, x, t):
+            i = jnp.maximum(t - 2, 0)
+            u, ll, acc = self._move(
+                k, x.u, betas[t - 1], dens, frozen.step_sizes[i], frozen.inverse_mass_matrices[i]
+            )
+            first = t == 1
+            return _Particles(
+                jnp.where(first, x.u, u), jnp.where(first, x.loglik, ll), jnp.where(first, 1.0, acc)
+            )
+
+        path = None
+        if reference is not None:
+            path = _Particles(
+                reference,
+                jax.vmap(dens.log_likelihood)(reference),
+                jnp.ones(K + 1, reference.dtype),
+            )
+        res = sequential.run(
+            k_smc,
+            init_fn=init_fn,
+            propose_fn=propose,
+            log_weight_fn=lambda prev, new, t: (betas[t] - betas[t - 1]) * new.loglik,
+            num_steps=K,
+            num_particles=n,
+            resampling=resampling.systematic,
+            ess_threshold=self.resample_threshold,
+            reference=path,
+            conditional_resampling=resampling.conditional_multinomial if path else None,
+            constrain_fn=self._shard if self._sharding is not None else None,
+        )
+        idx = resampling.systematic(k_res, res.log_weights, n)
+        u, _, acc = self._move(
+            k_move,
+            res.particles.u[idx],
+            betas[K],
+            dens,
+            frozen.step_sizes[K - 1],
+            frozen.inverse_mass_matrices[K - 1],
+        )
+        accs = jnp.full(K, jnp.nan, u.dtype).at[K - 1].set(jnp.mean(acc))
+        c = _Carry(u, None, None, res.log_Z, None, None)
+        resampled = res.resampled.at[K - 1].set(True)
+        return c, res.ess[1:], resampled, accs, frozen, jnp.asarray(K)
 
     def _run_adaptive(self, key, dens, betas_fixed=None):
         """ESS-adaptive betas (bisection on the conditional ESS), or fixed betas with adaptation
@@ -594,29 +638,36 @@ class TemperedSMC:
     def reference_path(self, key, dens: ModelDensities, u_final: Array, frozen: FrozenSchedule):
         """Backward path ``(K + 1, d)`` from an exact posterior sample (reverse AIS chain).
 
-        ``x_{K} = x_{K-1} = u_final`` and ``x_{k-1} ~ M_k(x_k, .)`` for ``k = K-1..1`` with the
-        kernel invariant for ``pi_k``; index ``k`` is the particle after the move at step ``k``
-        (index 0 before any move).
+        For the "move, then reweight" order of :meth:`_run_fixed`: ``x_K = u_final``,
+        ``x_{t-1} ~ M_{t-1}(x_t, .)`` for ``t = K..2`` (reversible kernels are their own
+        reversals), and ``x_0 = x_1`` (the move of step 1 is the identity).
         """
         K = frozen.betas.shape[0] - 1
 
         def body(x, inp):
-            k, key = inp
+            t, k = inp
             new, _, _ = self._move(
-                key,
+                k,
                 x[None],
-                frozen.betas[k],
+                frozen.betas[t - 1],
                 dens,
-                frozen.step_sizes[k - 1],
-                frozen.inverse_mass_matrices[k - 1],
+                frozen.step_sizes[t - 2],
+                frozen.inverse_mass_matrices[t - 2],
             )
             return new[0], new[0]
 
-        ks = jnp.arange(K - 1, 0, -1)
-        _, path = jax.lax.scan(body, u_final, (ks, jax.random.split(key, K - 1)))
-        # path[j] is x_{K-1-j-1}...: reverse to increasing k
-        path = path[::-1]  # x_0 .. x_{K-2}
-        return jnp.concatenate([path, u_final[None], u_final[None]], 0)
+        ts = jnp.arange(K, 1, -1)
+        _, back = jax.lax.scan(body, u_final, (ts, jax.random.split(key, K - 1)))
+        # back[j] = x_{K-1-j}: reverse to x_1 .. x_{K-1}
+        fwd = back[::-1]
+        x1 = fwd[:1] if K > 1 else u_final[None]
+        return jnp.concatenate([x1, fwd, u_final[None]], 0)
+
+
+class _Particles(NamedTuple):
+    u: Array  # (N, d) unconstrained positions
+    loglik: Array  # (N,)
+    acceptance_rate: Array  # (N,) of the last move
 
 
 def _partition(tree):
