@@ -138,7 +138,11 @@ def run(
     Returns:
         :class:`SMCResult`.
     """
-    n = num_particles
+    n = int(num_particles)
+    if n < 1 or int(num_steps) < 0:
+        raise ValueError(f"need num_particles >= 1 and num_steps >= 0, got {n}, {num_steps}")
+    if num_steps > 0 and (propose_fn is None or log_weight_fn is None):
+        raise ValueError("propose_fn and log_weight_fn are required when num_steps > 0")
     conditional = reference is not None
     scheme = resampling
     if conditional:
@@ -172,16 +176,20 @@ def run(
         x_new, log_w = constrain((x_new, log_w))
         return (x_new, log_w), (inc, rs.ess(log_w), did, anc)
 
-    keys = jax.random.split(k_steps, num_steps)
-    ts = jnp.arange(1, num_steps + 1)
-    (x, log_w), (incs, esss, did, anc) = jax.lax.scan(body, (x0, log_w), (keys, ts))
-    incs = jnp.concatenate([inc0[None], incs])
+    if num_steps == 0:  # importance sampling from M_0
+        x, incs, esss = x0, jnp.zeros((0,)), jnp.zeros((0,))
+        did, anc = jnp.zeros((0,), bool), jnp.zeros((0, n), jnp.int32)
+    else:
+        keys = jax.random.split(k_steps, num_steps)
+        ts = jnp.arange(1, num_steps + 1)
+        (x, log_w), (incs, esss, did, anc) = jax.lax.scan(body, (x0, log_w), (keys, ts))
+    incs = jnp.concatenate([inc0[None], incs.astype(inc0.dtype)])
     return SMCResult(
         particles=x,
         log_weights=log_w,
         log_Z=jnp.sum(incs),
         log_Z_increments=incs,
-        ess=jnp.concatenate([rs.ess(lw0)[None], esss]),
+        ess=jnp.concatenate([rs.ess(lw0)[None], esss.astype(inc0.dtype)]),
         resampled=did,
         ancestors=anc.reshape(num_steps, n),
     )

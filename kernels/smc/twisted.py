@@ -71,7 +71,9 @@ def run(
 
     def log_psi_all(tokens, p):
         def final(_):
-            return jax.vmap(lambda v: log_potential_fn(tokens.at[T - 1].set(v)))(jnp.arange(V))
+            return jax.vmap(lambda v: log_potential_fn(tokens.at[T - 1].set(v)))(
+                jnp.arange(V, dtype=tokens.dtype)
+            )
 
         def mid(_):
             if log_twist_fn is None:
