@@ -34,7 +34,7 @@ def test_exact_proposal_gives_exact_bounds():
         ref = {"x": jnp.full(4, 0.3), "aux": jnp.zeros((4, 3))}
         for reference in (None, ref):
             res = jax.jit(
-                lambda k: sequential.run(
+                lambda k, reference=reference: sequential.run(
                     k,
                     init_fn,
                     propose_fn,

@@ -128,7 +128,9 @@ def test_no_resampling_is_iwae():
         ref = jnp.array([1, 0])
         for reference in (None, ref):
             res = jax.jit(
-                lambda k: _run(k, n, PSI_BAD, "base", reference=reference, ess_threshold=0.0)
+                lambda k, reference=reference: _run(
+                    k, n, PSI_BAD, "base", reference=reference, ess_threshold=0.0
+                )
             )(jax.random.key(3))
             toks = np.asarray(res.particles["tokens"])
             assert not np.any(res.resampled)
