@@ -3,23 +3,23 @@ r"""Bidirectional Monte Carlo (BDMC) bounds on ``log p(y)`` for NumPyro models.
 Grosse, Ghahramani and Adams (2015), "Sandwiching the marginal likelihood using bidirectional
 Monte Carlo"; with conditional SMC for the upper bound.
 
-For data simulated from the model, :math:`(\theta^*, y) \sim p(\theta)\, p(y \mid \theta)`, the
-latent :math:`\theta^*` is an exact draw from the posterior :math:`p(\theta \mid y)`. Then
+For data simulated from the model, $(\theta^*, y) \sim p(\theta)\, p(y \mid \theta)$, the
+latent $\theta^*$ is an exact draw from the posterior $p(\theta \mid y)$. Then
 
-* forward tempered SMC / AIS from the prior gives :math:`\hat Z` with :math:`E[\hat Z] = Z`, so
-  :math:`L = \log \hat Z` satisfies :math:`E[L] \le \log Z` (Jensen);
-* conditional SMC with a reference path drawn backwards from :math:`\theta^*` (reverse AIS when
-  ``num_particles=1``) gives :math:`\hat Z'` with :math:`E[1/\hat Z'] = 1/Z`, so
-  :math:`U = \log \hat Z'` satisfies :math:`E[U] \ge \log Z`.
+* forward tempered SMC / AIS from the prior gives $\hat Z$ with $E[\hat Z] = Z$, so
+  $L = \log \hat Z$ satisfies $E[L] \le \log Z$ (Jensen);
+* conditional SMC with a reference path drawn backwards from $\theta^*$ (reverse AIS when
+  ``num_particles=1``) gives $\hat Z'$ with $E[1/\hat Z'] = 1/Z$, so
+  $U = \log \hat Z'$ satisfies $E[U] \ge \log Z$.
 
-The gap :math:`E[U] - E[L]` bounds the sum :math:`\mathrm{KL}(q \| \sigma) + \mathrm{KL}(\sigma
-\| q)` of the two KL divergences between the SMC proposal and target on the extended space,
+The gap $E[U] - E[L]$ bounds the sum $\mathrm{KL}(q \| \sigma) + \mathrm{KL}(\sigma
+\| q)$ of the two KL divergences between the SMC proposal and target on the extended space,
 and so measures how well the sampler mixes. Both directions use the same frozen schedule, step
 sizes and mass matrices, fixed by a pilot run independent of the bound runs (an adaptive,
 particle-dependent schedule would break both bound arguments). By Markov's inequality,
-:math:`P(L > \log Z + a) \le e^{-a}` and :math:`P(U < \log Z - a) \le e^{-a}`; with ``R`` runs
-and a union bound, :math:`\max L \le \log Z + \log(2R/\alpha)` and
-:math:`\min U \ge \log Z - \log(2R/\alpha)` jointly with probability at least ``1 - alpha``.
+$P(L > \log Z + a) \le e^{-a}$ and $P(U < \log Z - a) \le e^{-a}$; with ``R`` runs
+and a union bound, $\max L \le \log Z + \log(2R/\alpha)$ and
+$\min U \ge \log Z - \log(2R/\alpha)$ jointly with probability at least ``1 - alpha``.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ __all__ = ["bdmc", "BDMCResult"]
 
 
 class BDMCResult(NamedTuple):
-    """Output of :func:`bdmc` (``R`` runs).
+    """Output of `bdmc` (``R`` runs).
 
     Attributes:
         lower: ``(R,)`` forward SMC/AIS estimates of ``log Z`` (stochastic lower bounds).
@@ -169,14 +169,14 @@ def bdmc(
         observed: names of the sample sites to simulate and treat as data.
         data: observed values (user-data mode), dict keyed by site name.
         posterior_samples: exact posterior samples for ``data`` (user-data mode).
-        kernel, num_mcmc_steps, kernel_params: the move, as in :class:`ppl.TemperedSMC`.
+        kernel, num_mcmc_steps, kernel_params: the move, as in `ppl.TemperedSMC`.
         schedule: ``None`` (ESS-adaptive pilot run, then frozen), an array of betas (step sizes
-            and mass matrices frozen from a pilot on it) or a :class:`ppl.smc.FrozenSchedule`.
+            and mass matrices frozen from a pilot on it) or a `ppl.smc.FrozenSchedule`.
         pilot_particles: particles of the pilot run.
         **kwargs: other keyword arguments of the model (not the data).
 
     Returns:
-        :class:`BDMCResult`.
+        `BDMCResult`.
     """
     if num_runs < 1:
         raise ValueError(f"num_runs must be at least 1, got {num_runs}")

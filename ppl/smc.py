@@ -1,28 +1,27 @@
 r"""Tempered SMC for static NumPyro models, with lower and (conditional-SMC) upper log Z bounds.
 
 The model is split with NumPyro's own handlers into a prior and a likelihood in the
-*unconstrained* space :math:`u = T^{-1}(\theta)`:
+*unconstrained* space $u = T^{-1}(\theta)$:
 
-.. math::
-    \log p_0(u) = \log p(T(u)) + \log|\det J_T(u)|, \qquad
-    \ell(u) = \log p(y \mid T(u)),
+$$\log p_0(u) = \log p(T(u)) + \log|\det J_T(u)|, \qquad
+\ell(u) = \log p(y \mid T(u)),$$
 
 where ``p_0`` is ``-potential_energy`` of the model with its observed sites hidden by
 ``handlers.block`` (the Jacobian factors of the transforms stay in the prior) and ``ell`` is the
 difference with the full potential. Observed sites are those with data, passed as keyword
 arguments as with ``MCMC.run``; user ``numpyro.factor`` sites count as likelihood.
 
-The sampler targets :math:`\pi_k(u) \propto p_0(u)\, e^{\beta_k \ell(u)}` for
-:math:`0 = \beta_0 < \dots < \beta_K = 1` (Del Moral, Doucet and Jasra, 2006): at step ``k`` it
-reweights by :math:`w = e^{(\beta_k - \beta_{k-1}) \ell(u)}`, resamples when the ESS falls
+The sampler targets $\pi_k(u) \propto p_0(u)\, e^{\beta_k \ell(u)}$ for
+$0 = \beta_0 < \dots < \beta_K = 1$ (Del Moral, Doucet and Jasra, 2006): at step ``k`` it
+reweights by $w = e^{(\beta_k - \beta_{k-1}) \ell(u)}$, resamples when the ESS falls
 below a threshold, and moves every particle with ``num_mcmc_steps`` steps of an MCMC kernel
-invariant for :math:`\pi_k`. :math:`\log \hat Z = \sum_k \log \sum_i \bar w_{k-1}^i w_k^i` is an
-unbiased estimator of :math:`Z` (a stochastic lower bound on :math:`\log Z`).
+invariant for $\pi_k$. $\log \hat Z = \sum_k \log \sum_i \bar w_{k-1}^i w_k^i$ is an
+unbiased estimator of $Z$ (a stochastic lower bound on $\log Z$).
 
-Given an exact posterior sample, ``conditional=True`` runs conditional SMC (Andrieu, Doucet and
+Given an exact posterior sample (``run(..., reference=...)``), it runs conditional SMC (Andrieu, Doucet and
 Holenstein, 2010): a reference path is drawn backwards from the sample with the same (reversible)
 kernels (reverse AIS, Grosse et al. 2015) and clamped at particle 0; the resulting
-:math:`\log \hat Z` satisfies :math:`E[1/\hat Z] = 1/Z`, a stochastic upper bound on ``log Z``.
+$\log \hat Z$ satisfies $E[1/\hat Z] = 1/Z$, a stochastic upper bound on ``log Z``.
 Bounds need a schedule and kernel parameters that do not depend on the particles: freeze them
 from a pilot run (``TemperedSMCResult.frozen()``).
 """
@@ -111,7 +110,7 @@ def split_model(model: Callable, args: tuple = (), kwargs: dict | None = None) -
         kwargs: keyword arguments of the model, the observed data among them.
 
     Returns:
-        :class:`ModelDensities` on a flat unconstrained vector.
+        `ModelDensities` on a flat unconstrained vector.
 
     Raises:
         TypeError: the arguments do not fit the model's signature.
@@ -219,7 +218,7 @@ class FrozenSchedule(NamedTuple):
 
 
 class TemperedSMCResult(NamedTuple):
-    """Output of :meth:`TemperedSMC.run`.
+    """Output of `TemperedSMC.run`.
 
     Attributes:
         samples: dict of constrained latent and deterministic sites, each ``(N, ...)``; equally
@@ -229,8 +228,8 @@ class TemperedSMCResult(NamedTuple):
         ess: ``(K,)`` effective sample size after reweighting at each temperature.
         resampled: ``(K,)`` bool, whether each step resampled.
         acceptance_rate: ``(K,)`` mean acceptance rate of the moves (with a
-            :class:`FrozenSchedule`, only the final move's, at index ``K - 1``; NaN elsewhere).
-        schedule: the :class:`FrozenSchedule` actually used (betas, step sizes, mass matrices).
+            `FrozenSchedule`, only the final move's, at index ``K - 1``; NaN elsewhere).
+        schedule: the `FrozenSchedule` actually used (betas, step sizes, mass matrices).
         num_steps: ``K``, the number of temperatures after 0.
     """
 
@@ -282,7 +281,7 @@ class TemperedSMC:
     """Tempered SMC for a NumPyro model (prior times likelihood^beta, unconstrained space).
 
     Args:
-        model: NumPyro model; data passed to :meth:`run` as keywords are its observations.
+        model: NumPyro model; data passed to `run` as keywords are its observations.
         kernel: the move, a module/object with BlackJAX's ``init(position, logdensity_fn)``
             and ``build_kernel()`` (``blackjax.hmc``, ``blackjax.mala``,
             ``kernels.involutive.hmc``, ...) or a name ``"hmc"``, ``"mala"``.
@@ -291,13 +290,13 @@ class TemperedSMC:
         kernel_params: extra keyword parameters of the kernel step (e.g.
             ``{"num_integration_steps": 8}``). ``step_size`` here is the initial step size.
         schedule: ``None`` for an ESS-adaptive schedule, an array of betas ``0 = b_0 < ... <
-            b_K = 1``, or a :class:`FrozenSchedule` (fixes step sizes and mass matrices too).
+            b_K = 1``, or a `FrozenSchedule` (fixes step sizes and mass matrices too).
         target_ess: adaptive schedule: next beta solves ``CESS = target_ess`` by bisection,
             with the conditional ESS ``(sum_i W_i w_i)^2 / sum_i W_i w_i^2`` of the
             incremental weights ``w_i`` (Zhou, Johansen and Aston, 2016).
         resample_threshold: resample when ``ESS < resample_threshold * N`` (1 = every step).
         adapt_step_size: scale the step size after each temperature towards
-            ``target_acceptance`` (ignored with a :class:`FrozenSchedule`).
+            ``target_acceptance`` (ignored with a `FrozenSchedule`).
         adapt_mass_matrix: set the diagonal inverse mass matrix to the particle variance at
             each temperature, when the kernel takes ``inverse_mass_matrix``.
         max_num_steps: buffer size of the adaptive schedule.
@@ -466,7 +465,7 @@ class TemperedSMC:
         return _Carry(u, loglik, jnp.full(n, -jnp.log(n)), jnp.zeros((), u.dtype), step_size, key)
 
     def _run_fixed(self, key, dens, frozen: FrozenSchedule, reference=None):
-        """Fixed schedule on :func:`kernels.smc.sequential.run` ("move, then reweight").
+        """Fixed schedule on `kernels.smc.sequential.run` ("move, then reweight").
 
         Step ``t = 1..K``: resample (ESS-triggered), move ``x_t ~ M_{t-1}(x_{t-1}, .)``
         invariant for ``pi_{t-1}`` (the identity at ``t = 1``: ``x_0`` is an exact prior
@@ -597,7 +596,7 @@ class TemperedSMC:
 
     # ------------------------------------------------------------------ public
     def densities(self, *args, **kwargs) -> ModelDensities:
-        """The model split into prior and likelihood (see :func:`split_model`)."""
+        """The model split into prior and likelihood (see `split_model`)."""
         return split_model(self.model, args, kwargs)
 
     def run(self, key: PRNGKey, *args, reference: ArrayTree | None = None, **kwargs):
@@ -609,11 +608,11 @@ class TemperedSMC:
             reference: optional exact posterior sample, a dict of constrained latent values:
                 runs conditional SMC from it and returns a stochastic upper bound on log Z as
                 ``log_Z``. Needs a fixed schedule (``schedule=...``) and no step-size
-                adaptation (both are frozen by a :class:`FrozenSchedule`).
+                adaptation (both are frozen by a `FrozenSchedule`).
             **kwargs: keyword arguments of the model, the observed data among them.
 
         Returns:
-            :class:`TemperedSMCResult`.
+            `TemperedSMCResult`.
         """
         dens = split_model(self.model, args, kwargs)
         if reference is not None:
@@ -638,7 +637,7 @@ class TemperedSMC:
     def reference_path(self, key, dens: ModelDensities, u_final: Array, frozen: FrozenSchedule):
         """Backward path ``(K + 1, d)`` from an exact posterior sample (reverse AIS chain).
 
-        For the "move, then reweight" order of :meth:`_run_fixed`: ``x_K = u_final``,
+        For the "move, then reweight" order of `_run_fixed`: ``x_K = u_final``,
         ``x_{t-1} ~ M_{t-1}(x_t, .)`` for ``t = K..2`` (reversible kernels are their own
         reversals), and ``x_0 = x_1`` (the move of step 1 is the identity).
         """

@@ -9,24 +9,24 @@ The user writes the transition as for ``numpyro.contrib.control_flow.scan``::
 
 and the same function drives the filter step by step. For each particle the transition runs
 under ``handlers.seed``/``handlers.trace``: its latent sample sites are the proposal
-:math:`x_t \sim f(x_t \mid x_{t-1})` (bootstrap filter, Gordon, Salmond and Smith 1993) and its
-observed sites give the incremental log weight :math:`\log g(y_t \mid x_t)`. The estimator
+$x_t \sim f(x_t \mid x_{t-1})$ (bootstrap filter, Gordon, Salmond and Smith 1993) and its
+observed sites give the incremental log weight $\log g(y_t \mid x_t)$. The estimator
 
-.. math:: \log \hat Z = \sum_{t=1}^T \log \sum_i \bar W_{t-1}^i w_t^i
+$$\log \hat Z = \sum_{t=1}^T \log \sum_i \bar W_{t-1}^i w_t^i$$
 
-is unbiased for :math:`Z = p(y_{1:T})` (Del Moral 2004), so :math:`E \log \hat Z \le \log Z`.
+is unbiased for $Z = p(y_{1:T})$ (Del Moral 2004), so $E \log \hat Z \le \log Z$.
 
 Optional pieces:
 
 * ``proposal(carry, y_t)``: a NumPyro function with the same latent site names; particles are
-  drawn from it and weighted by :math:`g\, f / q` (f and g from the transition, substituted).
-* ``twist(carry, t)``: log twist :math:`\log\psi_t(x_t)`; the target at step ``t`` is
-  :math:`p(x_{0:t}, y_{1:t}) \psi_t(x_t)` and the incremental weight is
-  :math:`g_t \psi_t(x_t) / \psi_{t-1}(x_{t-1})`; at the last step :math:`\psi_T = 1` (the true
-  potential replaces the twist), so :math:`\hat Z` stays unbiased for any twist.
+  drawn from it and weighted by $g\, f / q$ (f and g from the transition, substituted).
+* ``twist(carry, t)``: log twist $\log\psi_t(x_t)$; the target at step ``t`` is
+  $p(x_{0:t}, y_{1:t}) \psi_t(x_t)$ and the incremental weight is
+  $g_t \psi_t(x_t) / \psi_{t-1}(x_{t-1})$; at the last step $\psi_T = 1$ (the true
+  potential replaces the twist), so $\hat Z$ stays unbiased for any twist.
 * ``reference``: conditional SMC (Andrieu, Doucet and Holenstein 2010): particle 0 is clamped to
   a given path and always keeps ancestor 0. If the path is an exact posterior sample,
-  :math:`E[1/\hat Z] = 1/Z`, so :math:`E \log \hat Z \ge \log Z` (a stochastic upper bound).
+  $E[1/\hat Z] = 1/Z$, so $E \log \hat Z \ge \log Z$ (a stochastic upper bound).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ __all__ = ["ParticleFilter", "ParticleFilterResult"]
 
 
 class ParticleFilterResult(NamedTuple):
-    """Output of :meth:`ParticleFilter.run` (``N`` particles, ``T`` steps).
+    """Output of `ParticleFilter.run` (``N`` particles, ``T`` steps).
 
     Attributes:
         log_Z: estimate of ``log p(y_{1:T})``.
@@ -210,7 +210,7 @@ class ParticleFilter:
 
     # ------------------------------------------------------------------ driver
     def _run(self, key, ys, reference, conditional: bool):
-        """One filter on ``kernels.smc.sequential.run``; a particle is a :class:`_Particle`."""
+        """One filter on ``kernels.smc.sequential.run``; a particle is a `_Particle`."""
         from kernels.smc import resampling, sequential
 
         n = self.num_particles
@@ -301,7 +301,7 @@ class ParticleFilter:
                 ``init`` is a function).
 
         Returns:
-            :class:`ParticleFilterResult` (with a leading run axis for a batch of keys).
+            `ParticleFilterResult` (with a leading run axis for a batch of keys).
         """
         leaves = jax.tree.leaves(ys)
         if not leaves or any(jnp.ndim(x) < 1 for x in leaves):
