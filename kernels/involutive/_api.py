@@ -3,12 +3,16 @@
 import blackjax.mcmc.metrics as metrics
 import jax
 import jax.numpy as jnp
+import numpy as np
 from blackjax import GenerateSamplingAPI
 from jax.flatten_util import ravel_pytree
 
 from kernels.involutive.base import InvolutiveState
 
+MassMatrix = jax.Array | np.ndarray | None  # (d,) diagonal, (d, d) dense, or None (identity)
+
 __all__ = [
+    "MassMatrix",
     "GenerateSamplingAPI",
     "check_position",
     "check_mass_matrix",

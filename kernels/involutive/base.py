@@ -1,18 +1,18 @@
 r"""The generic involutive MCMC kernel (Neklyudov, Welling, Egorov, Vetrov, ICML 2020, arXiv 2006.16653).
 
-Target :math:`p(x)`, auxiliary distribution :math:`p(v \mid x)` and an involution
-:math:`f(x, v) = (x', v')` with :math:`f(f(x, v)) = (x, v)`. One step (Algorithm 1 of the paper):
+Target $p(x)$, auxiliary distribution $p(v \mid x)$ and an involution
+$f(x, v) = (x', v')$ with $f(f(x, v)) = (x, v)$. One step (Algorithm 1 of the paper):
 
-1. sample :math:`v \sim p(v \mid x)`;
-2. propose :math:`(x', v') = f(x, v)`;
-3. accept :math:`x'` with probability (paper, Eq. 4)
+1. sample $v \sim p(v \mid x)$;
+2. propose $(x', v') = f(x, v)$;
+3. accept $x'$ with probability (paper, Eq. 4)
 
-.. math::
+$$
+\min\Big\{1, \frac{p(x')\, p(v' \mid x')}{p(x)\, p(v \mid x)}
+\big|\det \tfrac{\partial f}{\partial (x, v)}\big|\Big\}.
+$$
 
-    \min\Big\{1, \frac{p(x')\, p(v' \mid x')}{p(x)\, p(v \mid x)}
-    \big|\det \tfrac{\partial f}{\partial (x, v)}\big|\Big\}.
-
-The chain leaves :math:`p(x)p(v \mid x)` invariant, hence :math:`p(x)` after marginalising :math:`v`.
+The chain leaves $p(x)p(v \mid x)$ invariant, hence $p(x)$ after marginalising $v$.
 
 The composable unit is a :class:`Move` (auxiliary sampler, auxiliary log density and involution,
 acting on :class:`InvolutiveState`); :mod:`kernels.involutive.combinators` maps moves to moves and
@@ -51,12 +51,12 @@ class InvolutiveState(NamedTuple):
     """State of an involutive chain.
 
     Attributes:
-        position: current position :math:`x` (a pytree).
-        logdensity: :math:`\\log p(x)` (scalar), cached.
-        logdensity_grad: :math:`\\nabla \\log p(x)` (same pytree as ``position``), cached for
+        position: current position $x$ (a pytree).
+        logdensity: $\\log p(x)$ (scalar), cached.
+        logdensity_grad: $\\nabla \\log p(x)$ (same pytree as ``position``), cached for
             gradient-based moves; ``None`` for gradient-free ones.
         aux: persistent auxiliary variable carried between steps by the stateful combinators
-            (direction :math:`d` for :func:`~kernels.involutive.lifted`, momentum for
+            (direction $d$ for :func:`~kernels.involutive.lifted`, momentum for
             :func:`~kernels.involutive.partial_refresh`); ``None`` otherwise.
     """
 
@@ -70,11 +70,11 @@ class InvolutiveInfo(NamedTuple):
     """Information on one transition.
 
     Attributes:
-        acceptance_rate: :math:`\\min(1, \\text{ratio})` of the Metropolis-Hastings test.
+        acceptance_rate: $\\min(1, \\text{ratio})$ of the Metropolis-Hastings test.
         is_accepted: whether the proposal was accepted.
-        is_divergent: whether :math:`-\\log\\text{ratio}` exceeded the divergence threshold or
+        is_divergent: whether $-\\log\\text{ratio}$ exceeded the divergence threshold or
             the proposal was non-finite.
-        log_accept_ratio: :math:`\\log` of the acceptance ratio (``-inf`` for non-finite proposals).
+        log_accept_ratio: $\\log$ of the acceptance ratio (``-inf`` for non-finite proposals).
         num_grad_evals: gradient evaluations spent by the involution in this step.
     """
 
@@ -104,13 +104,13 @@ class Move(NamedTuple):
     """An involutive move: the composable unit of this package.
 
     Attributes:
-        sample_aux: ``(rng_key, state) -> v``, draws :math:`v \\sim p(v \\mid x)` (or any kernel
-            leaving :math:`p(v \\mid x)` invariant, given the persistent ``state.aux``).
-        aux_logdensity: ``(v, state) -> scalar``, :math:`\\log p(v \\mid x)` up to a constant that
-            does not depend on :math:`x`.
-        involution: ``(state, v) -> (state', v', log_abs_det)``: applies :math:`f`, returns the
+        sample_aux: ``(rng_key, state) -> v``, draws $v \\sim p(v \\mid x)$ (or any kernel
+            leaving $p(v \\mid x)$ invariant, given the persistent ``state.aux``).
+        aux_logdensity: ``(v, state) -> scalar``, $\\log p(v \\mid x)$ up to a constant that
+            does not depend on $x$.
+        involution: ``(state, v) -> (state', v', log_abs_det)``: applies $f$, returns the
             new state with ``logdensity`` (and ``logdensity_grad`` when tracked) evaluated at
-            :math:`x'`, and :math:`\\log|\\det J_f(x, v)|`.
+            $x'$, and $\\log|\\det J_f(x, v)|$.
         finalize: ``(state, v) -> state``, deterministic update after the accept/reject test
             (e.g. flip and store a direction); identity by default.
         init_aux: ``state -> aux``, initial persistent auxiliary variable; ``None`` by default.
@@ -149,7 +149,9 @@ def check_logdensity(logdensity: Array, where: str = "the initial position") -> 
         )
 
 
-def evaluate(logdensity_fn: LogDensityFn, position: ArrayLikeTree, with_grad: bool):
+def evaluate(
+    logdensity_fn: LogDensityFn, position: ArrayLikeTree, with_grad: bool
+) -> tuple[Array, ArrayTree | None]:
     """Return ``(logdensity, logdensity_grad or None)`` at ``position``."""
     if with_grad:
         return jax.value_and_grad(logdensity_fn)(position)
@@ -167,9 +169,9 @@ def init(
 
     Args:
         position: initial position (pytree of arrays).
-        logdensity_fn: :math:`\\log p(x)` up to a constant, returns a scalar.
+        logdensity_fn: $\\log p(x)$ up to a constant, returns a scalar.
         move: the move that will be run; provides the initial persistent auxiliary variable.
-        with_grad: cache :math:`\\nabla \\log p(x)` in the state (gradient-based moves).
+        with_grad: cache $\\nabla \\log p(x)$ in the state (gradient-based moves).
 
     Returns:
         The state. Raises ValueError when the log density at ``position`` is concrete and not
@@ -185,17 +187,19 @@ def init(
 
 
 # ------------------------------------------------------------------------------- the step
-def transition(move: Move, state: InvolutiveState, v: ArrayTree):
+def transition(
+    move: Move, state: InvolutiveState, v: ArrayTree
+) -> tuple[InvolutiveState, ArrayTree, Array]:
     """Deterministic part of a step: the proposal and its log acceptance ratio.
 
     Args:
         move: the involutive move.
-        state: current state :math:`x`.
-        v: auxiliary variable :math:`v`.
+        state: current state $x$.
+        v: auxiliary variable $v$.
 
     Returns:
         ``(proposal, v', log_ratio)`` where ``log_ratio`` is
-        :math:`\\log p(x') + \\log p(v' \\mid x') - \\log p(x) - \\log p(v \\mid x) + \\log|\\det J_f|`,
+        $\\log p(x') + \\log p(v' \\mid x') - \\log p(x) - \\log p(v \\mid x) + \\log|\\det J_f|$,
         replaced by ``-inf`` when the proposal's log density, the log-Jacobian or the ratio is
         NaN or infinite (such proposals are never accepted).
     """
@@ -251,7 +255,7 @@ def step(
         rng_key: PRNG key.
         state: current state.
         move: the involutive move.
-        divergence_threshold: a step with :math:`-\\log\\text{ratio}` above this is divergent.
+        divergence_threshold: a step with $-\\log\\text{ratio}$ above this is divergent.
 
     Returns:
         ``(new_state, info)``.
@@ -274,7 +278,7 @@ def step(
 
 # ------------------------------------------------------- user-facing involutions (x, v)
 def log_abs_det_jacobian(involution: Callable, x: ArrayLikeTree, v: ArrayLikeTree) -> Array:
-    """:math:`\\log|\\det J_f(x, v)|` by forward-mode differentiation on the ravelled pytree.
+    """$\\log|\\det J_f(x, v)|$ by forward-mode differentiation on the ravelled pytree.
 
     Args:
         involution: ``(x, v) -> (x', v')`` (extra outputs are ignored).
@@ -316,14 +320,14 @@ def from_involution(
     """Build a :class:`Move` from functions of the position.
 
     Args:
-        logdensity_fn: :math:`\\log p(x)`.
-        aux_sample: ``(rng_key, x) -> v``, a draw from :math:`p(v \\mid x)`.
-        aux_logdensity: ``(v, x) -> scalar``, :math:`\\log p(v \\mid x)` (constants in :math:`x`
+        logdensity_fn: $\\log p(x)$.
+        aux_sample: ``(rng_key, x) -> v``, a draw from $p(v \\mid x)$.
+        aux_logdensity: ``(v, x) -> scalar``, $\\log p(v \\mid x)$ (constants in $x$
             may be dropped).
-        involution: ``(x, v) -> (x', v', log_abs_det)`` when :math:`\\log|\\det J_f|` is known
+        involution: ``(x, v) -> (x', v', log_abs_det)`` when $\\log|\\det J_f|$ is known
             (0 for swaps and flips), or ``(x', v')`` to have it computed by
             :func:`log_abs_det_jacobian` (``jax.jacfwd`` + ``slogdet``).
-        with_grad: also cache :math:`\\nabla \\log p(x')` in the state.
+        with_grad: also cache $\\nabla \\log p(x')$ in the state.
 
     Returns:
         The move.
@@ -371,8 +375,8 @@ def check_involution(
 ) -> None:
     """Check that ``involution`` is an involution at ``(x, v)`` with a square Jacobian.
 
-    Verifies :math:`f(f(x, v)) = (x, v)` leaf by leaf (``allclose`` with ``rtol``/``atol``),
-    that :math:`f(x, v)` has the pytree structure and shapes of :math:`(x, v)`, and that the
+    Verifies $f(f(x, v)) = (x, v)$ leaf by leaf (``allclose`` with ``rtol``/``atol``),
+    that $f(x, v)$ has the pytree structure and shapes of $(x, v)$, and that the
     Jacobian is square. Runs eagerly (call it outside ``jit``).
 
     Args:
@@ -410,7 +414,7 @@ def check_involution(
 
 
 # --------------------------------------------------------------------------- top level
-def build_kernel(divergence_threshold: float = 1000.0, *, with_grad: bool = False):
+def build_kernel(divergence_threshold: float = 1000.0, *, with_grad: bool = False) -> Callable:
     """Generic involutive kernel, BlackJAX style.
 
     Args:
@@ -471,9 +475,9 @@ def imcmc(
     """The generic involutive MCMC sampler.
 
     Args:
-        logdensity_fn: :math:`\\log p(x)`, scalar.
-        aux_sample: ``(rng_key, x) -> v`` draws :math:`v \\sim p(v \\mid x)`.
-        aux_logdensity: ``(v, x) -> scalar``, :math:`\\log p(v \\mid x)`.
+        logdensity_fn: $\\log p(x)$, scalar.
+        aux_sample: ``(rng_key, x) -> v`` draws $v \\sim p(v \\mid x)$.
+        aux_logdensity: ``(v, x) -> scalar``, $\\log p(v \\mid x)$.
         involution: ``(x, v) -> (x', v', log_abs_det)`` or ``(x', v')`` (log-Jacobian computed
             with ``jax.jacfwd`` and ``slogdet`` on the ravelled pytree).
         divergence_threshold: see :func:`step`.

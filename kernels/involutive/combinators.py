@@ -4,17 +4,17 @@ Each takes :class:`~kernels.involutive.base.Move` objects and returns one, so th
 optax transformations. Every construction is itself an involutive move on an extended auxiliary
 space, so the generic Metropolis-Hastings test of :func:`~kernels.involutive.base.step` applies.
 
-* :func:`mixture`: auxiliary :math:`(t, v)` with :math:`t \sim w` independent of :math:`x`,
-  involution :math:`(x, t, v) \mapsto (f_t(x, v), t)` (mixture of involutions).
-* :func:`state_dependent_mixture`: :math:`t \sim p(t \mid x, v)`; the ratio
-  :math:`p(t \mid f_t(x, v)) / p(t \mid x, v)` enters the acceptance.
-* :func:`lifted`: a direction :math:`d \in \{-1, +1\}` carried in the state; the involution
-  :math:`(x, v, d) \mapsto (g^{d}(x, v), -d)` uses a bijection :math:`g` and its inverse, and
-  :math:`d` is flipped deterministically after every step, so an accepted move keeps its
-  direction (irreversible, lifted chain on :math:`p(x)\,\mathrm{U}(d)`).
+* :func:`mixture`: auxiliary $(t, v)$ with $t \sim w$ independent of $x$,
+  involution $(x, t, v) \mapsto (f_t(x, v), t)$ (mixture of involutions).
+* :func:`state_dependent_mixture`: $t \sim p(t \mid x, v)$; the ratio
+  $p(t \mid f_t(x, v)) / p(t \mid x, v)$ enters the acceptance.
+* :func:`lifted`: a direction $d \in \{-1, +1\}$ carried in the state; the involution
+  $(x, v, d) \mapsto (g^{d}(x, v), -d)$ uses a bijection $g$ and its inverse, and
+  $d$ is flipped deterministically after every step, so an accepted move keeps its
+  direction (irreversible, lifted chain on $p(x)\,\mathrm{U}(d)$).
 * :func:`partial_refresh`: the auxiliary variable is carried in the state and refreshed by
-  :math:`v \leftarrow \alpha v + \sqrt{1 - \alpha^2}\,\varepsilon` (a :math:`p(v)`-invariant
-  autoregressive kernel for a zero-mean Gaussian :math:`p(v)` independent of :math:`x`),
+  $v \leftarrow \alpha v + \sqrt{1 - \alpha^2}\,\varepsilon$ (a $p(v)$-invariant
+  autoregressive kernel for a zero-mean Gaussian $p(v)$ independent of $x$),
   then flipped after the step (Horowitz's generalised HMC).
 """
 
@@ -39,14 +39,14 @@ def _check_moves(moves: Sequence[Move]) -> list[Move]:
 def mixture(moves: Sequence[Move], weights: Array | None = None) -> Move:
     """Mixture of involutive moves with state-independent weights.
 
-    Auxiliary :math:`(t, v)`, :math:`t \\sim \\mathrm{Cat}(w)`, :math:`v \\sim p_t(v \\mid x)`;
-    involution :math:`(x, (t, v)) \\mapsto (f_t(x, v), (t, v'))`; acceptance
-    :math:`\\min\\{1, p(x')p_t(v' \\mid x')/(p(x)p_t(v \\mid x))|\\det J_{f_t}|\\}` (the
-    :math:`w_t` cancel). All moves must produce auxiliary variables of the same pytree
+    Auxiliary $(t, v)$, $t \\sim \\mathrm{Cat}(w)$, $v \\sim p_t(v \\mid x)$;
+    involution $(x, (t, v)) \\mapsto (f_t(x, v), (t, v'))$; acceptance
+    $\\min\\{1, p(x')p_t(v' \\mid x')/(p(x)p_t(v \\mid x))|\\det J_{f_t}|\\}$ (the
+    $w_t$ cancel). All moves must produce auxiliary variables of the same pytree
     structure (``jax.lax.switch`` branches).
 
     Args:
-        moves: the :math:`K` moves.
+        moves: the $K$ moves.
         weights: ``(K,)`` nonnegative weights, uniform by default.
 
     Returns:
@@ -90,19 +90,19 @@ def state_dependent_mixture(
 ) -> Move:
     """Mixture whose involution index depends on the state (paper, Sec. 4, "state-dependent mixture").
 
-    Auxiliary :math:`(v, t)` with :math:`v \\sim p(v \\mid x)` (the auxiliary distribution of
+    Auxiliary $(v, t)$ with $v \\sim p(v \\mid x)$ (the auxiliary distribution of
     ``moves[0]``, shared by all moves) and
-    :math:`t \\sim p(t \\mid x, v) = \\mathrm{softmax}(\\text{log\\_weights\\_fn}(x, v))_t`;
-    involution :math:`(x, v, t) \\mapsto (f_t(x, v), t)`; acceptance
+    $t \\sim p(t \\mid x, v) = \\mathrm{softmax}(\\text{log\\_weights\\_fn}(x, v))_t$;
+    involution $(x, v, t) \\mapsto (f_t(x, v), t)$; acceptance
 
-    .. math::
-
-        \\min\\Big\\{1, \\frac{p(x')p(v' \\mid x')\\,p(t \\mid x', v')}
-        {p(x)p(v \\mid x)\\,p(t \\mid x, v)}|\\det J_{f_t}|\\Big\\}.
+    $$
+    \\min\\Big\\{1, \\frac{p(x')p(v' \\mid x')\\,p(t \\mid x', v')}
+    {p(x)p(v \\mid x)\\,p(t \\mid x, v)}|\\det J_{f_t}|\\Big\\}.
+    $$
 
     Args:
-        moves: the :math:`K` moves; all use ``moves[0].sample_aux``/``aux_logdensity``.
-        log_weights_fn: ``(x, v) -> (K,)`` unnormalised log-probabilities of :math:`t`.
+        moves: the $K$ moves; all use ``moves[0].sample_aux``/``aux_logdensity``.
+        log_weights_fn: ``(x, v) -> (K,)`` unnormalised log-probabilities of $t$.
 
     Returns:
         The mixture move.
@@ -142,21 +142,21 @@ def state_dependent_mixture(
 def lifted(forward: Move, backward: Move) -> Move:
     """Lift a bijection into an irreversible chain with a direction variable (paper, Sec. 4).
 
-    ``forward.involution`` is used as a *bijection* :math:`g` (it need not be an involution) and
-    ``backward.involution`` as :math:`g^{-1}`; the auxiliary distribution is ``forward``'s. The
-    state carries :math:`d \\in \\{-1, +1\\}` (``state.aux``) with uniform :math:`p(d)`. The
-    involution on :math:`(x, v, d)` is :math:`(g(x, v), -1)` if :math:`d = +1` and
-    :math:`(g^{-1}(x, v), +1)` if :math:`d = -1`, with acceptance
-    :math:`\\min\\{1, p(x')p(v' \\mid x')/(p(x)p(v \\mid x))|\\det J_{g^{\\pm 1}}|\\}`;
-    after the accept/reject test :math:`d` is negated. Hence an accepted step keeps moving in
-    direction :math:`d` and a rejection reverses it. Invariant: :math:`p(x)\\,\\mathrm{U}(d)`.
+    ``forward.involution`` is used as a *bijection* $g$ (it need not be an involution) and
+    ``backward.involution`` as $g^{-1}$; the auxiliary distribution is ``forward``'s. The
+    state carries $d \\in \\{-1, +1\\}$ (``state.aux``) with uniform $p(d)$. The
+    involution on $(x, v, d)$ is $(g(x, v), -1)$ if $d = +1$ and
+    $(g^{-1}(x, v), +1)$ if $d = -1$, with acceptance
+    $\\min\\{1, p(x')p(v' \\mid x')/(p(x)p(v \\mid x))|\\det J_{g^{\\pm 1}}|\\}$;
+    after the accept/reject test $d$ is negated. Hence an accepted step keeps moving in
+    direction $d$ and a rejection reverses it. Invariant: $p(x)\\,\\mathrm{U}(d)$.
 
     Args:
-        forward: provides the auxiliary distribution and :math:`g`.
-        backward: provides :math:`g^{-1}` (same auxiliary space).
+        forward: provides the auxiliary distribution and $g$.
+        backward: provides $g^{-1}$ (same auxiliary space).
 
     Returns:
-        The lifted move (its states carry the direction in ``aux``; initial :math:`d = +1`).
+        The lifted move (its states carry the direction in ``aux``; initial $d = +1$).
     """
 
     def sample_aux(rng_key, state):
@@ -194,22 +194,22 @@ def _negate(v):
 def partial_refresh(move: Move, alpha: float, flip: Callable | None = _negate) -> Move:
     """Persistent auxiliary variable with partial refresh (paper, Sec. 4; Horowitz 1991).
 
-    The state carries :math:`v`. Each step draws :math:`\\varepsilon \\sim p(v \\mid x)` from
-    ``move`` and sets :math:`v \\leftarrow \\alpha v + \\sqrt{1-\\alpha^2}\\,\\varepsilon`, which
-    leaves :math:`p(v)` invariant when it is a zero-mean Gaussian independent of :math:`x`
-    (e.g. HMC momenta); then runs ``move``'s involution and accept/reject on :math:`(x, v)`, and
+    The state carries $v$. Each step draws $\\varepsilon \\sim p(v \\mid x)$ from
+    ``move`` and sets $v \\leftarrow \\alpha v + \\sqrt{1-\\alpha^2}\\,\\varepsilon$, which
+    leaves $p(v)$ invariant when it is a zero-mean Gaussian independent of $x$
+    (e.g. HMC momenta); then runs ``move``'s involution and accept/reject on $(x, v)$, and
     stores ``flip(v)``. With the momentum flip inside the HMC involution and ``flip = negate``, an
     accepted step continues the trajectory and a rejection reverses it (irreversible chain).
-    Invariant: :math:`p(x)p(v)`.
+    Invariant: $p(x)p(v)$.
 
     Args:
-        move: a move with a zero-mean Gaussian auxiliary distribution independent of :math:`x`.
-        alpha: persistence in :math:`[0, 1)`; 0 recovers ``move``.
-        flip: map applied to :math:`v` after the step, preserving :math:`p(v)`; negation by
+        move: a move with a zero-mean Gaussian auxiliary distribution independent of $x$.
+        alpha: persistence in $[0, 1)$; 0 recovers ``move``.
+        flip: map applied to $v$ after the step, preserving $p(v)$; negation by
             default, ``None`` for the identity.
 
     Returns:
-        The move (its states carry :math:`v` in ``aux``; initial :math:`v = 0`).
+        The move (its states carry $v$ in ``aux``; initial $v = 0$).
     """
     if not isinstance(alpha, jax.core.Tracer) and not 0.0 <= float(alpha) < 1.0:
         raise ValueError(f"alpha must be in [0, 1), got {alpha}.")

@@ -1,9 +1,9 @@
 r"""Hamiltonian Monte Carlo as an involutive move (paper, Appendix B.6).
 
-Auxiliary momentum :math:`p \sim \mathcal{N}(0, M)`; involution
-:math:`f(x, p) = \mathrm{flip} \circ \mathrm{LF}_{\epsilon}^{L}(x, p)` (``L`` leapfrog steps, then
-:math:`p \mapsto -p`), volume preserving (:math:`\log|\det J_f| = 0`, no ``slogdet``); acceptance
-:math:`\min\{1, \exp(-H(x', p') + H(x, p))\}` with :math:`H = -\log p(x) + \tfrac12 p^\top M^{-1} p`.
+Auxiliary momentum $p \sim \mathcal{N}(0, M)$; involution
+$f(x, p) = \mathrm{flip} \circ \mathrm{LF}_{\epsilon}^{L}(x, p)$ (``L`` leapfrog steps, then
+$p \mapsto -p$), volume preserving ($\log|\det J_f| = 0$, no ``slogdet``); acceptance
+$\min\{1, \exp(-H(x', p') + H(x, p))\}$ with $H = -\log p(x) + \tfrac12 p^\top M^{-1} p$.
 The log density and its gradient are cached in the state: ``L`` gradient evaluations per step,
 as ``blackjax.hmc``. BlackJAX's integrators and metrics are reused.
 """
@@ -18,6 +18,7 @@ from blackjax.base import SamplingAlgorithm
 from kernels.involutive import base
 from kernels.involutive._api import (
     GenerateSamplingAPI,
+    MassMatrix,
     checked_init,
     default_inverse_mass_matrix,
     metric_factory,
@@ -31,18 +32,18 @@ __all__ = ["leapfrog_move", "init", "build_kernel", "as_top_level_api", "hmc"]
 def leapfrog_move(
     logdensity_fn: LogDensityFn,
     step_size: float,
-    inverse_mass_matrix,
+    inverse_mass_matrix: MassMatrix,
     num_integration_steps: int,
     integrator: Callable = integrators.velocity_verlet,
 ) -> Move:
     """The HMC move: Gaussian momentum, ``L`` integrator steps, momentum flip.
 
     Args:
-        logdensity_fn: :math:`\\log p(x)`.
-        step_size: leapfrog step size :math:`\\epsilon`.
-        inverse_mass_matrix: :math:`M^{-1}`, ``(d,)`` diagonal or ``(d, d)`` dense (ravelled
+        logdensity_fn: $\\log p(x)$.
+        step_size: leapfrog step size $\\epsilon$.
+        inverse_mass_matrix: $M^{-1}$, ``(d,)`` diagonal or ``(d, d)`` dense (ravelled
             position order), a ``blackjax.mcmc.metrics.Metric``, or None (identity).
-        num_integration_steps: :math:`L`.
+        num_integration_steps: $L$.
         integrator: a BlackJAX symplectic integrator factory (``velocity_verlet`` by default).
 
     Returns:
@@ -80,7 +81,7 @@ def init(position: ArrayLikeTree, logdensity_fn: LogDensityFn) -> InvolutiveStat
 
     Args:
         position: initial position pytree.
-        logdensity_fn: :math:`\\log p(x)`.
+        logdensity_fn: $\\log p(x)$.
 
     Returns:
         The state.
@@ -90,7 +91,7 @@ def init(position: ArrayLikeTree, logdensity_fn: LogDensityFn) -> InvolutiveStat
 
 def build_kernel(
     integrator: Callable = integrators.velocity_verlet, divergence_threshold: float = 1000.0
-):
+) -> Callable:
     """HMC kernel with BlackJAX's signature (drop-in for ``blackjax.tempered_smc``).
 
     Args:
@@ -115,7 +116,7 @@ def build_kernel(
 def as_top_level_api(
     logdensity_fn: LogDensityFn,
     step_size: float,
-    inverse_mass_matrix=None,
+    inverse_mass_matrix: MassMatrix = None,
     num_integration_steps: int = 10,
     *,
     integrator: Callable = integrators.velocity_verlet,
@@ -124,7 +125,7 @@ def as_top_level_api(
     """HMC through the generic involutive kernel, ``blackjax.hmc``'s signature.
 
     Args:
-        logdensity_fn: :math:`\\log p(x)`.
+        logdensity_fn: $\\log p(x)$.
         step_size: leapfrog step size.
         inverse_mass_matrix: ``(d,)`` or ``(d, d)``; identity if None.
         num_integration_steps: leapfrog steps per proposal.

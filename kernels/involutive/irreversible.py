@@ -1,19 +1,26 @@
 r"""Irreversible MALA: MALA with a persistent, partially refreshed momentum.
 
 :func:`~kernels.involutive.combinators.partial_refresh` applied to the MALA move of
-:mod:`kernels.involutive.langevin`: the state carries the momentum :math:`p`; each step sets
-:math:`p \leftarrow \alpha p + \sqrt{1-\alpha^2}\,\xi`, applies the involution
-(one leapfrog step of size :math:`\sqrt{2h}` and the flip), accepts with the involutive ratio,
-and negates :math:`p`. The sign of :math:`p` is a direction variable: accepted steps keep going,
-rejections reverse (Horowitz 1991; paper, Sec. 4 "irreversibility"). :math:`\alpha = 0` is MALA.
+:mod:`kernels.involutive.langevin`: the state carries the momentum $p$; each step sets
+$p \leftarrow \alpha p + \sqrt{1-\alpha^2}\,\xi$, applies the involution
+(one leapfrog step of size $\sqrt{2h}$ and the flip), accepts with the involutive ratio,
+and negates $p$. The sign of $p$ is a direction variable: accepted steps keep going,
+rejections reverse (Horowitz 1991; paper, Sec. 4 "irreversibility"). $\alpha = 0$ is MALA.
 """
+
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 from blackjax.base import SamplingAlgorithm
 
 from kernels.involutive import base
-from kernels.involutive._api import GenerateSamplingAPI, checked_init, default_inverse_mass_matrix
+from kernels.involutive._api import (
+    GenerateSamplingAPI,
+    MassMatrix,
+    checked_init,
+    default_inverse_mass_matrix,
+)
 from kernels.involutive.base import InvolutiveState, Move
 from kernels.involutive.combinators import partial_refresh
 from kernels.involutive.langevin import langevin_move
@@ -29,15 +36,15 @@ __all__ = [
 
 
 def irreversible_langevin_move(
-    logdensity_fn: LogDensityFn, step_size: float, inverse_mass_matrix, alpha: float
+    logdensity_fn: LogDensityFn, step_size: float, inverse_mass_matrix: MassMatrix, alpha: float
 ) -> Move:
     """``partial_refresh(langevin_move(...), alpha)``.
 
     Args:
-        logdensity_fn: :math:`\\log p(x)`.
-        step_size: MALA step size :math:`h`.
+        logdensity_fn: $\\log p(x)$.
+        step_size: MALA step size $h$.
         inverse_mass_matrix: preconditioner.
-        alpha: momentum persistence in :math:`[0, 1)`.
+        alpha: momentum persistence in $[0, 1)$.
 
     Returns:
         The move.
@@ -50,7 +57,7 @@ def init(position: ArrayLikeTree, logdensity_fn: LogDensityFn) -> InvolutiveStat
 
     Args:
         position: initial position pytree.
-        logdensity_fn: :math:`\\log p(x)`.
+        logdensity_fn: $\\log p(x)$.
 
     Returns:
         The state.
@@ -63,7 +70,7 @@ def _zeros_like(tree):
     return jax.tree.map(jnp.zeros_like, tree)
 
 
-def build_kernel(divergence_threshold: float = 1000.0):
+def build_kernel(divergence_threshold: float = 1000.0) -> Callable:
     """Irreversible MALA kernel with BlackJAX's signature.
 
     Args:
@@ -84,7 +91,7 @@ def build_kernel(divergence_threshold: float = 1000.0):
 def as_top_level_api(
     logdensity_fn: LogDensityFn,
     step_size: float,
-    inverse_mass_matrix=None,
+    inverse_mass_matrix: MassMatrix = None,
     alpha: float = 0.9,
     *,
     divergence_threshold: float = 1000.0,
@@ -92,10 +99,10 @@ def as_top_level_api(
     """Irreversible MALA through the generic involutive kernel.
 
     Args:
-        logdensity_fn: :math:`\\log p(x)`.
-        step_size: MALA step size :math:`h`.
+        logdensity_fn: $\\log p(x)$.
+        step_size: MALA step size $h$.
         inverse_mass_matrix: preconditioner, identity if None.
-        alpha: momentum persistence in :math:`[0, 1)`.
+        alpha: momentum persistence in $[0, 1)$.
         divergence_threshold: log-ratio error above which a step is divergent.
 
     Returns:

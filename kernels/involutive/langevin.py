@@ -1,17 +1,24 @@
 r"""MALA as an involutive move: one leapfrog step and a momentum flip.
 
-With :math:`p \sim \mathcal{N}(0, M)` and one leapfrog step of size :math:`\epsilon = \sqrt{2h}`,
-:math:`x' = x + h M^{-1}\nabla\log p(x) + \sqrt{2h}\,M^{-1/2}\xi`, the MALA proposal with step
-size :math:`h` (BlackJAX's convention for ``blackjax.mala``), and the involutive acceptance ratio
-equals the Metropolis-Hastings ratio of MALA (paper, Appendix B.6 with :math:`L = 1`).
+With $p \sim \mathcal{N}(0, M)$ and one leapfrog step of size $\epsilon = \sqrt{2h}$,
+$x' = x + h M^{-1}\nabla\log p(x) + \sqrt{2h}\,M^{-1/2}\xi$, the MALA proposal with step
+size $h$ (BlackJAX's convention for ``blackjax.mala``), and the involutive acceptance ratio
+equals the Metropolis-Hastings ratio of MALA (paper, Appendix B.6 with $L = 1$).
 """
+
+from collections.abc import Callable
 
 import blackjax.mcmc.integrators as integrators
 import jax.numpy as jnp
 from blackjax.base import SamplingAlgorithm
 
 from kernels.involutive import base
-from kernels.involutive._api import GenerateSamplingAPI, checked_init, default_inverse_mass_matrix
+from kernels.involutive._api import (
+    GenerateSamplingAPI,
+    MassMatrix,
+    checked_init,
+    default_inverse_mass_matrix,
+)
 from kernels.involutive.base import Move
 from kernels.involutive.hamiltonian import init, leapfrog_move
 from kernels.types import LogDensityFn
@@ -19,13 +26,15 @@ from kernels.types import LogDensityFn
 __all__ = ["langevin_move", "init", "build_kernel", "as_top_level_api", "mala"]
 
 
-def langevin_move(logdensity_fn: LogDensityFn, step_size: float, inverse_mass_matrix) -> Move:
-    """MALA move with step size :math:`h` (leapfrog step :math:`\\sqrt{2h}`, one gradient).
+def langevin_move(
+    logdensity_fn: LogDensityFn, step_size: float, inverse_mass_matrix: MassMatrix
+) -> Move:
+    """MALA move with step size $h$ (leapfrog step $\\sqrt{2h}$, one gradient).
 
     Args:
-        logdensity_fn: :math:`\\log p(x)`.
-        step_size: :math:`h`.
-        inverse_mass_matrix: preconditioner :math:`M^{-1}`, ``(d,)`` or ``(d, d)``.
+        logdensity_fn: $\\log p(x)$.
+        step_size: $h$.
+        inverse_mass_matrix: preconditioner $M^{-1}$, ``(d,)`` or ``(d, d)``.
 
     Returns:
         The move.
@@ -39,7 +48,7 @@ def langevin_move(logdensity_fn: LogDensityFn, step_size: float, inverse_mass_ma
     )
 
 
-def build_kernel(divergence_threshold: float = 1000.0):
+def build_kernel(divergence_threshold: float = 1000.0) -> Callable:
     """MALA kernel with BlackJAX's signature.
 
     Args:
@@ -60,15 +69,15 @@ def build_kernel(divergence_threshold: float = 1000.0):
 def as_top_level_api(
     logdensity_fn: LogDensityFn,
     step_size: float,
-    inverse_mass_matrix=None,
+    inverse_mass_matrix: MassMatrix = None,
     *,
     divergence_threshold: float = 1000.0,
 ) -> SamplingAlgorithm:
     """MALA through the generic involutive kernel, ``blackjax.mala``'s signature.
 
     Args:
-        logdensity_fn: :math:`\\log p(x)`.
-        step_size: :math:`h` (proposal :math:`x + hM^{-1}\\nabla\\log p + \\sqrt{2h}M^{-1/2}\\xi`).
+        logdensity_fn: $\\log p(x)$.
+        step_size: $h$ (proposal $x + hM^{-1}\\nabla\\log p + \\sqrt{2h}M^{-1/2}\\xi$).
         inverse_mass_matrix: preconditioner, identity if None.
         divergence_threshold: log-ratio error above which a step is divergent.
 

@@ -1,10 +1,12 @@
 r"""Random-walk Metropolis-Hastings as an involutive move (paper, Appendix B.1).
 
-Auxiliary :math:`v \sim \mathcal{N}(0, M)`; involution
-:math:`f(x, v) = (x + s\,M^{-1}v,\; -v)` with :math:`\log|\det J_f| = 0`; acceptance
-:math:`\min\{1, p(x')/p(x)\}` (the Gaussian terms cancel). The increment is
-:math:`\mathcal{N}(0, s^2 M^{-1})`: ``inverse_mass_matrix`` is the proposal covariance shape.
+Auxiliary $v \sim \mathcal{N}(0, M)$; involution
+$f(x, v) = (x + s\,M^{-1}v,\; -v)$ with $\log|\det J_f| = 0$; acceptance
+$\min\{1, p(x')/p(x)\}$ (the Gaussian terms cancel). The increment is
+$\mathcal{N}(0, s^2 M^{-1})$: ``inverse_mass_matrix`` is the proposal covariance shape.
 """
+
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +15,7 @@ from blackjax.base import SamplingAlgorithm
 from kernels.involutive import base
 from kernels.involutive._api import (
     GenerateSamplingAPI,
+    MassMatrix,
     checked_init,
     default_inverse_mass_matrix,
     metric_factory,
@@ -23,13 +26,15 @@ from kernels.types import ArrayLikeTree, LogDensityFn
 __all__ = ["random_walk_move", "init", "build_kernel", "as_top_level_api", "rwm"]
 
 
-def random_walk_move(logdensity_fn: LogDensityFn, scale: float, inverse_mass_matrix) -> Move:
-    """Gaussian random-walk move with increment :math:`\\mathcal{N}(0, s^2 M^{-1})`.
+def random_walk_move(
+    logdensity_fn: LogDensityFn, scale: float, inverse_mass_matrix: MassMatrix
+) -> Move:
+    """Gaussian random-walk move with increment $\\mathcal{N}(0, s^2 M^{-1})$.
 
     Args:
-        logdensity_fn: :math:`\\log p(x)`.
-        scale: :math:`s`.
-        inverse_mass_matrix: :math:`M^{-1}`, ``(d,)`` or ``(d, d)``, or None (identity).
+        logdensity_fn: $\\log p(x)$.
+        scale: $s$.
+        inverse_mass_matrix: $M^{-1}$, ``(d,)`` or ``(d, d)``, or None (identity).
 
     Returns:
         The move (gradient-free).
@@ -57,7 +62,7 @@ def init(position: ArrayLikeTree, logdensity_fn: LogDensityFn) -> InvolutiveStat
 
     Args:
         position: initial position pytree.
-        logdensity_fn: :math:`\\log p(x)`.
+        logdensity_fn: $\\log p(x)$.
 
     Returns:
         The state.
@@ -65,7 +70,7 @@ def init(position: ArrayLikeTree, logdensity_fn: LogDensityFn) -> InvolutiveStat
     return base.init(position, logdensity_fn)
 
 
-def build_kernel(divergence_threshold: float = 1000.0):
+def build_kernel(divergence_threshold: float = 1000.0) -> Callable:
     """RWM kernel with BlackJAX's signature.
 
     Args:
@@ -88,7 +93,7 @@ def build_kernel(divergence_threshold: float = 1000.0):
 def as_top_level_api(
     logdensity_fn: LogDensityFn,
     scale: float = 1.0,
-    inverse_mass_matrix=None,
+    inverse_mass_matrix: MassMatrix = None,
     *,
     step_size: float | None = None,
     divergence_threshold: float = 1000.0,
@@ -96,9 +101,9 @@ def as_top_level_api(
     """Random-walk MH through the generic involutive kernel.
 
     Args:
-        logdensity_fn: :math:`\\log p(x)`.
-        scale: increment scale :math:`s`.
-        inverse_mass_matrix: increment covariance shape :math:`M^{-1}`, identity if None.
+        logdensity_fn: $\\log p(x)$.
+        scale: increment scale $s$.
+        inverse_mass_matrix: increment covariance shape $M^{-1}$, identity if None.
         step_size: alias of ``scale`` (uniform interface with the gradient-based built-ins).
         divergence_threshold: log-ratio error above which a step is divergent.
 
