@@ -126,7 +126,12 @@ def run(
         return jax.vmap(move, (0, 0, None))(jax.random.split(k, num_particles), x, ld)
 
     def log_weight_fn(xp, x, t):
-        return jax.vmap(lambda z: log_pi(z, betas[t]) - log_pi(z, betas[t - 1]))(x)
+        def inc(z):  # one prior and one likelihood evaluation per particle
+            lp = log_prior_fn(z)
+            lt = lp + log_likelihood_fn(z)
+            return path(lp, lt, betas[t]) - path(lp, lt, betas[t - 1])
+
+        return jax.vmap(inc)(x)
 
     return sequential.run(
         key,
