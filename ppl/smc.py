@@ -244,9 +244,12 @@ class TemperedSMCResult(NamedTuple):
 
     def frozen(self) -> FrozenSchedule:
         """The schedule and move parameters of this run, trimmed to ``K`` steps."""
+        from kernels.smc import annealing
+
         k = int(self.num_steps)
         s = self.schedule
-        return FrozenSchedule(s.betas[: k + 1], s.step_sizes[:k], s.inverse_mass_matrices[:k])
+        betas = jnp.asarray(annealing.freeze(s.betas, k), s.betas.dtype)
+        return FrozenSchedule(betas, s.step_sizes[:k], s.inverse_mass_matrices[:k])
 
     def to_arviz(self):
         """``arviz.InferenceData`` with the samples as one chain."""
@@ -290,7 +293,9 @@ class TemperedSMC:
         kernel_params: extra keyword parameters of the kernel step (e.g.
             ``{"num_integration_steps": 8}``). ``step_size`` here is the initial step size.
         schedule: ``None`` for an ESS-adaptive schedule, an array of betas ``0 = b_0 < ... <
-            b_K = 1``, or a `FrozenSchedule` (fixes step sizes and mass matrices too).
+            b_K = 1`` (e.g. ``kernels.smc.annealing.linear(K)`` or ``.sigmoid(K)``), or a
+            `FrozenSchedule` (fixes step sizes and mass matrices too), e.g. a pilot run's
+            ``result.frozen()``.
         target_ess: adaptive schedule: next beta solves ``CESS = target_ess`` by bisection,
             with the conditional ESS ``(sum_i W_i w_i)^2 / sum_i W_i w_i^2`` of the
             incremental weights ``w_i`` (Zhou, Johansen and Aston, 2016).

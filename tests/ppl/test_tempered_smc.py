@@ -8,6 +8,7 @@ import numpyro
 import numpyro.distributions as dist
 import pytest
 
+from kernels.smc import annealing
 from ppl.smc import FrozenSchedule, TemperedSMC, split_model
 from tests.ppl import oracles
 
@@ -85,11 +86,16 @@ def test_normal_log_Z_unbiased_and_posterior_moments(normal_runs):
 
 
 def test_regression_log_Z_and_posterior_mean():
-    smc = TemperedSMC(regression_model, "hmc", num_particles=200, num_mcmc_steps=2)
+    """Default move (kernels.involutive.hmc) on a fixed sigmoid schedule (kernels.smc.annealing)
+    with step size and mass matrix adapted between temperatures."""
+    smc = TemperedSMC(
+        regression_model, "hmc", num_particles=200, num_mcmc_steps=2, schedule=annealing.sigmoid(12)
+    )
     res = smc.run(_keys(1), jnp.asarray(X_REG), y=jnp.asarray(Y_REG))
     log_z, post_mean, post_cov = oracles.linear_regression(X_REG, Y_REG, 1.5, 0.5)
     L = np.asarray(res.log_Z, np.float64)
     assert abs(oracles.lme_z(L, log_z)) < 4  # z-score
+    assert np.all(np.asarray(res.num_steps) == 12)
     w = np.asarray(res.samples["w"], np.float64)  # (R, N, 3)
     assert np.all(np.abs(_mean_z(w.mean(1), post_mean)) < 4)  # z-scores
     assert np.all(np.abs(_mean_z(w.var(1), np.diag(post_cov))) < 4)  # z-scores
