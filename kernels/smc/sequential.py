@@ -96,7 +96,7 @@ def run(
     key: PRNGKey,
     init_fn: Callable[[PRNGKey, int], ArrayTree],
     propose_fn: Callable[[PRNGKey, ArrayTree, Array], ArrayTree],
-    log_weight_fn: Callable[[ArrayTree, ArrayTree, Array], Array],
+    log_weight_fn: Callable[[ArrayTree, ArrayTree, Array], Array] | None,
     num_steps: int,
     num_particles: int,
     *,
@@ -120,7 +120,12 @@ def run(
         init_fn: ``(key, N) -> particles`` (pytree, leaves ``[N, ...]``), draws from ``M_0``.
         propose_fn: ``(key, particles, t) -> particles``, draws from ``M_t``.
         log_weight_fn: ``(prev_particles, particles, t) -> [N]`` log potentials ``log G_t``
-            (``prev`` is the resampled ``x_{t-1}`` aligned with ``x_t``).
+            (``prev`` is the resampled ``x_{t-1}`` aligned with ``x_t``). ``None`` selects the
+            *fused* form: ``propose_fn`` is then a step ``(key, particles, t) -> (particles,
+            log G_t)``, and with a reference it is called as ``(key, particles, t,
+            reference_t)`` and must put ``reference_t`` in particle 0 before weighting
+            (``clamp_fn`` is then unused). Use it when proposal and weight share work (an LM
+            forward pass).
         num_steps: ``T`` (static); ``T = 0`` is importance sampling from ``M_0``.
         num_particles: ``N`` (static).
         init_log_weight_fn: ``particles -> [N]``, ``log G_0`` (default zeros).
@@ -141,8 +146,9 @@ def run(
     n = int(num_particles)
     if n < 1 or int(num_steps) < 0:
         raise ValueError(f"need num_particles >= 1 and num_steps >= 0, got {n}, {num_steps}")
-    if num_steps > 0 and (propose_fn is None or log_weight_fn is None):
-        raise ValueError("propose_fn and log_weight_fn are required when num_steps > 0")
+    if num_steps > 0 and propose_fn is None:
+        raise ValueError("propose_fn (or a fused step function) is required when num_steps > 0")
+    fused = log_weight_fn is None
     conditional = reference is not None
     scheme = resampling
     if conditional:
@@ -168,10 +174,15 @@ def run(
         k_res, k_prop = jax.random.split(key)
         anc, did, log_w = rs.resample_if(k_res, log_w, ess_threshold, scheme)
         x = gather(x, anc)
-        x_new = propose_fn(k_prop, x, t)
-        if conditional:
-            x_new = clamp_fn(x_new, ref_at(t), t)
-        log_w = log_w + log_weight_fn(x, x_new, t)
+        if fused:
+            args = (ref_at(t),) if conditional else ()
+            x_new, log_g = propose_fn(k_prop, x, t, *args)
+        else:
+            x_new = propose_fn(k_prop, x, t)
+            if conditional:
+                x_new = clamp_fn(x_new, ref_at(t), t)
+            log_g = log_weight_fn(x, x_new, t)
+        log_w = log_w + log_g
         log_w, inc = _normalize_with_total(log_w)
         x_new, log_w = constrain((x_new, log_w))
         return (x_new, log_w), (inc, rs.ess(log_w), did, anc)
