@@ -2,9 +2,9 @@ r"""Annealing paths between a base ``pi_0`` and an unnormalized target ``pi_1``,
 
 Paths (log densities, unnormalized):
 
-* geometric: :math:`\log \pi_\beta = (1 - \beta) \log \pi_0 + \beta \log \pi_1`;
+* geometric: \(\log \pi_\beta = (1 - \beta) \log \pi_0 + \beta \log \pi_1\);
 * q-path / power mean (Masrani et al. 2021, "q-Paths", eq. 5):
-  :math:`\pi_{\beta, q} = [(1 - \beta)\pi_0^{1-q} + \beta \pi_1^{1-q}]^{1/(1-q)}`, which tends to the
+  \(\pi_{\beta, q} = [(1 - \beta)\pi_0^{1-q} + \beta \pi_1^{1-q}]^{1/(1-q)}\), which tends to the
   geometric path as ``q -> 1`` and to the arithmetic mixture at ``q = 0``.
 
 Schedules ``0 = beta_0 < ... < beta_K = 1``: linear, sigmoid (Grosse et al. 2015, eq. 9), and

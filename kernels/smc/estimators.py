@@ -15,8 +15,8 @@ KL intervals from a lower bound ``L`` and an upper bound ``U`` on ``log Z``, wit
 ``f_q = E_q[log sigma_tilde - log q]`` (the ELBO) and ``g_q = E_sigma[log sigma_tilde - log q]``
 (the EUBO):
 
-.. math:: KL(q || \sigma) = \log Z - f_q \in [L - f_q, U - f_q], \qquad
-          KL(\sigma || q) = g_q - \log Z \in [g_q - U, g_q - L].
+$$KL(q \| \sigma) = \log Z - f_q \in [L - f_q, U - f_q], \qquad
+KL(\sigma \| q) = g_q - \log Z \in [g_q - U, g_q - L].$$
 """
 
 from collections.abc import Callable

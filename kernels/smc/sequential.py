@@ -2,14 +2,13 @@ r"""Generic SMC driver for a Feynman-Kac model, with conditional SMC, as one ``l
 
 Model (Del Moral, 2004; Chopin and Papaspiliopoulos, 2020, ch. 5): for ``t = 0..T``
 
-.. math::
-    x_0 \sim M_0, \quad x_t \sim M_t(x_{t-1}, \cdot), \qquad
-    \gamma_T(x_{0:T}) = M_0(x_0) G_0(x_0) \prod_{t=1}^T M_t(x_{t-1}, x_t) G_t(x_{t-1}, x_t),
+$$x_0 \sim M_0, \quad x_t \sim M_t(x_{t-1}, \cdot), \qquad
+\gamma_T(x_{0:T}) = M_0(x_0) G_0(x_0) \prod_{t=1}^T M_t(x_{t-1}, x_t) G_t(x_{t-1}, x_t),$$
 
 and ``Z = \int \gamma_T``. SMC propagates ``N`` weighted particles; before each step it resamples
 (ESS-triggered) on the accumulated weights, then proposes and reweights. The estimate
 
-.. math:: \hat Z = \prod_{t=0}^{T} \sum_i W_{t-1}^i G_t^i
+$$\hat Z = \prod_{t=0}^{T} \sum_i W_{t-1}^i G_t^i$$
 
 (``W`` normalized weights after the optional resampling, ``W_{-1} = 1/N``) is unbiased,
 ``E[\hat Z] = Z``, so ``E[\log \hat Z] \le \log Z`` (a stochastic lower bound).

@@ -1,12 +1,12 @@
 r"""Twisted SMC for discrete sequential targets (Zhao, Brekelmans, Makhzani and Grosse, 2024).
 
 Target over ``T`` tokens ``s_{1:T}`` in a vocabulary of size ``V``:
-:math:`\sigma(s) = p_0(s)\,\phi(s) / Z`, ``p_0(s) = prod_t p_0(s_t | s_{<t})``. Twists
-:math:`\psi_t(s_{1:t})` approximate the optimal :math:`\psi_t^*(s_{1:t}) = E_{p_0}[\phi(s) | s_{1:t}]`;
-at the last step the true potential replaces the twist, :math:`\psi_T = \phi`, and ``psi_0 = 1``.
+\(\sigma(s) = p_0(s)\,\phi(s) / Z\), ``p_0(s) = prod_t p_0(s_t | s_{<t})``. Twists
+\(\psi_t(s_{1:t})\) approximate the optimal \(\psi_t^*(s_{1:t}) = E_{p_0}[\phi(s) | s_{1:t}]\);
+at the last step the true potential replaces the twist, \(\psi_T = \phi\), and ``psi_0 = 1``.
 The incremental weight at step ``t`` with proposal ``q_t(s_t | s_{<t})`` is (paper eq. 6)
 
-.. math:: w_t = \frac{p_0(s_t | s_{<t})\,\psi_t(s_{1:t})}{q_t(s_t | s_{<t})\,\psi_{t-1}(s_{1:t-1})}.
+$$w_t = \frac{p_0(s_t | s_{<t})\,\psi_t(s_{1:t})}{q_t(s_t | s_{<t})\,\psi_{t-1}(s_{1:t-1})}.$$
 
 With the twist-induced proposal ``q_t ∝ p_0 psi_t`` (``proposal="twist"``, computed over the
 whole vocabulary in one pass) the weight ``sum_v p_0(v | s_{<t}) psi_t(s_{<t}, v) /
