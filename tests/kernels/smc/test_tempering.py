@@ -145,3 +145,26 @@ def test_errors():
         tempering.run(jax.random.key(0), sample_prior, log_prior, log_lik, [1.0], blackjax.hmc, 4)
     with pytest.raises(ValueError, match="strictly"):
         annealing.freeze([0.0, 0.5, 0.4, 1.0])
+
+
+def test_q_path_unbiased():
+    """Tempered SMC along a power-mean q-path (q = 0.5) is unbiased for the same Z."""
+    with jax.enable_x64(True):
+        path = annealing.q_path(0.5)
+
+        def one(k):
+            return tempering.run(
+                k,
+                sample_prior,
+                log_prior,
+                log_lik,
+                annealing.sigmoid(10),
+                blackjax.hmc,
+                32,
+                kernel_params=PARAMS,
+                path=path,
+            ).log_Z
+
+        lz = np.asarray(jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(9), 64)))
+        e = np.exp(lz - LOG_Z)
+        assert abs((e.mean() - 1) / (e.std(ddof=1) / np.sqrt(e.size))) < 4  # z-score
