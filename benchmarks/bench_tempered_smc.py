@@ -83,8 +83,8 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args(argv)
     n_data, dim = (50, 5) if args.quick else (200, 10)
-    num_particles = 500 if args.quick else 2000
-    seeds = 5 if args.quick else 20
+    num_particles = 1000 if args.quick else 2000
+    seeds = 10 if args.quick else 20
     num_mcmc_steps, step_size, n_leap = 3, 0.1, 5
     rng = np.random.default_rng(0)
     X = rng.normal(size=(n_data, dim))

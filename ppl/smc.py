@@ -69,6 +69,8 @@ class ModelDensities(NamedTuple):
         log_prior: ``u (d,) -> log p_0(u)`` (prior density in unconstrained space, Jacobians
             included).
         log_likelihood: ``u (d,) -> log p(y | T(u))``, the observed sites.
+        log_tempered: ``(u, beta) -> log p_0(u) + beta log p(y | T(u))`` (two potential
+            evaluations: prior and joint).
         sample_prior: ``key -> u (d,)`` an exact draw from ``p_0``.
         constrain: ``u (d,) -> dict`` of constrained latent and deterministic sites.
         unconstrain: ``dict of constrained latent values -> u (d,)``.
@@ -79,6 +81,7 @@ class ModelDensities(NamedTuple):
 
     log_prior: Callable[[Array], Array]
     log_likelihood: Callable[[Array], Array]
+    log_tempered: Callable[[Array, Array], Array]
     sample_prior: Callable[[PRNGKey], Array]
     constrain: Callable[[Array], dict]
     unconstrain: Callable[[dict], Array]
@@ -152,6 +155,12 @@ def split_model(model: Callable, args: tuple = (), kwargs: dict | None = None) -
         lp = -potential_energy(prior_model, args, kwargs, params)
         return jnp.where(jnp.isfinite(joint), joint - lp, -jnp.inf)
 
+    def log_tempered(u, beta):
+        params = unravel(u)
+        joint = -potential_energy(model, args, kwargs, params)
+        lp = -potential_energy(prior_model, args, kwargs, params)
+        return lp + beta * (joint - lp)
+
     def sample_prior(key):
         tr = handlers.trace(handlers.seed(prior_model, key)).get_trace(*args, **kwargs)
         vals = {name: tr[name]["value"] for name in latent}
@@ -166,6 +175,7 @@ def split_model(model: Callable, args: tuple = (), kwargs: dict | None = None) -
     return ModelDensities(
         log_prior,
         log_likelihood,
+        log_tempered,
         sample_prior,
         constrain,
         unconstrain,
@@ -388,7 +398,7 @@ class TemperedSMC:
         """``num_mcmc_steps`` kernel steps for every particle, targeting prior + beta * loglik."""
 
         def logdensity(x):
-            return dens.log_prior(x) + beta * dens.log_likelihood(x)
+            return dens.log_tempered(x, beta)
 
         step = self.kernel.build_kernel()
         params = {k: v for k, v in self.kernel_params.items()}
