@@ -539,9 +539,8 @@ class TemperedSMC:
             frozen.inverse_mass_matrices[K - 1],
         )
         accs = jnp.full(K, jnp.nan, u.dtype).at[K - 1].set(jnp.mean(acc))
-        c = _Carry(u, None, None, res.log_Z, None, None)
         resampled = res.resampled.at[K - 1].set(True)
-        return c, res.ess[1:], resampled, accs, frozen, jnp.asarray(K)
+        return u, res.log_Z, res.ess[1:], resampled, accs, frozen, jnp.asarray(K)
 
     def _run_adaptive(self, key, dens, betas_fixed=None):
         """ESS-adaptive betas (bisection on the conditional ESS), or fixed betas with adaptation
@@ -607,7 +606,7 @@ class TemperedSMC:
         c, _, K, (b, st, im, es, rs, ac) = jax.lax.while_loop(
             cond, body, (c, zero, jnp.zeros((), jnp.int32), bufs)
         )
-        return c, es, rs, ac, FrozenSchedule(b, st, im), K
+        return c.u, c.log_Z, es, rs, ac, FrozenSchedule(b, st, im), K
 
     # ------------------------------------------------------------------ public
     def densities(self, *args, **kwargs) -> ModelDensities:
@@ -711,13 +710,13 @@ def _run_jit(smc: TemperedSMC, key, dyn, spec, ref_values):
         k_ref, key = jax.random.split(key)
         sched = _as_arrays(sched)
         path = smc.reference_path(k_ref, dens, ref_u, sched)
-        c, ess, res, acc, frozen, K = smc._run_fixed(key, dens, sched, path)
+        out = smc._run_fixed(key, dens, sched, path)
     elif isinstance(sched, FrozenSchedule):
-        c, ess, res, acc, frozen, K = smc._run_fixed(key, dens, _as_arrays(sched))
+        out = smc._run_fixed(key, dens, _as_arrays(sched))
     else:
-        c, ess, res, acc, frozen, K = smc._run_adaptive(key, dens, sched)
-    samples = jax.vmap(dens.constrain)(c.u)
-    return TemperedSMCResult(samples, c.log_Z, c.u, ess, res, acc, frozen, K)
+        out = smc._run_adaptive(key, dens, sched)
+    u, log_Z, ess, res, acc, frozen, K = out
+    return TemperedSMCResult(jax.vmap(dens.constrain)(u), log_Z, u, ess, res, acc, frozen, K)
 
 
 def _as_arrays(s: FrozenSchedule) -> FrozenSchedule:

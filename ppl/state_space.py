@@ -336,7 +336,10 @@ class ParticleFilter:
             y0 = jax.tree.map(lambda x: x[0], ys)
             (_, _), tr = _run_traced(self.transition, key, (carry, y0))
         except Exception as e:
-            raise type(e)(f"running transition(carry, ys[0]) failed: {e}") from e
+            raise ValueError(
+                f"running init() and transition(carry, ys[0]) for one particle failed: "
+                f"{type(e).__name__}: {e}"
+            ) from e
         if not any(s["type"] == "sample" and s["is_observed"] for s in tr.values()):
             raise ValueError(
                 "the transition has no observed sample site: observe the data with "
