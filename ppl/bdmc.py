@@ -137,7 +137,7 @@ def _simulate(key, model, args, kwargs, observed, num_runs):
 def bdmc(
     key: PRNGKey,
     model: Callable,
-    *args,
+    *args: Any,
     num_particles: int = 100,
     num_runs: int = 8,
     observed: str | Sequence[str] | None = None,
@@ -148,7 +148,7 @@ def bdmc(
     kernel_params: dict | None = None,
     schedule: Any = None,
     pilot_particles: int = 256,
-    **kwargs,
+    **kwargs: Any,
 ) -> BDMCResult:
     """Sandwich ``log p(y)`` between forward SMC/AIS and conditional SMC / reverse AIS.
 
@@ -169,7 +169,9 @@ def bdmc(
         observed: names of the sample sites to simulate and treat as data.
         data: observed values (user-data mode), dict keyed by site name.
         posterior_samples: exact posterior samples for ``data`` (user-data mode).
-        kernel, num_mcmc_steps, kernel_params: the move, as in `ppl.TemperedSMC`.
+        kernel: the move, as in `ppl.TemperedSMC` (default ``"hmc"``).
+        num_mcmc_steps: kernel steps per temperature.
+        kernel_params: keyword parameters of the kernel step.
         schedule: ``None`` (ESS-adaptive pilot run, then frozen), an array of betas (step sizes
             and mass matrices frozen from a pilot on it) or a `ppl.smc.FrozenSchedule`.
         pilot_particles: particles of the pilot run.

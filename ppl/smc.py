@@ -613,7 +613,9 @@ class TemperedSMC:
         """The model split into prior and likelihood (see `split_model`)."""
         return split_model(self.model, args, kwargs)
 
-    def run(self, key: PRNGKey, *args, reference: ArrayTree | None = None, **kwargs):
+    def run(
+        self, key: PRNGKey, *args: Any, reference: ArrayTree | None = None, **kwargs: Any
+    ) -> TemperedSMCResult:
         """Run tempered SMC.
 
         Args:
