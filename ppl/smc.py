@@ -258,7 +258,7 @@ class TemperedSMCResult(NamedTuple):
 
         k = int(self.num_steps)
         s = self.schedule
-        betas = jnp.asarray(annealing.freeze(s.betas, k), s.betas.dtype)
+        betas = jnp.asarray(annealing.freeze(np.array(s.betas), k), s.betas.dtype)
         return FrozenSchedule(betas, s.step_sizes[:k], s.inverse_mass_matrices[:k])
 
     def to_arviz(self):
