@@ -499,14 +499,21 @@ class TemperedSMC:
             u = jax.vmap(dens.sample_prior)(jax.random.split(k, n))
             return _Particles(u, jax.vmap(dens.log_likelihood)(u), jnp.zeros(n, u.dtype))
 
-        def propose(k, x, t):
+        def move(k, x, t):
             i = jnp.maximum(t - 2, 0)
             u, ll, acc = self._move(
                 k, x.u, betas[t - 1], dens, frozen.step_sizes[i], frozen.inverse_mass_matrices[i]
             )
-            first = t == 1
-            return _Particles(
-                jnp.where(first, x.u, u), jnp.where(first, x.loglik, ll), jnp.where(first, 1.0, acc)
+            return _Particles(u, ll, acc)
+
+        def propose(k, x, t):  # step 1 keeps the exact prior draws
+            return jax.lax.cond(
+                t == 1,
+                lambda k, x, t: x._replace(acceptance_rate=jnp.ones_like(x.loglik)),
+                move,
+                k,
+                x,
+                t,
             )
 
         path = None
