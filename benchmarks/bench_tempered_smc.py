@@ -69,13 +69,20 @@ def blackjax_run(dens, num_particles, num_mcmc_steps, params, target_ess):
     return run
 
 
-def timed(fn, keys):
-    t = time.perf_counter()
-    jax.block_until_ready(fn(keys[0]))
-    compile_s = time.perf_counter() - t
-    t = time.perf_counter()
-    out = [jax.block_until_ready(fn(k)) for k in keys[1:]]
-    return compile_s, (time.perf_counter() - t) / len(out), out
+def timed_interleaved(fns, keys):
+    """Compile each function on ``keys[0]``, then run them round-robin on ``keys[1:]`` (so that
+    load from other processes hits all alike); median time per run."""
+    compile_s, times, outs = [], [[] for _ in fns], [[] for _ in fns]
+    for fn in fns:
+        t = time.perf_counter()
+        jax.block_until_ready(fn(keys[0]))
+        compile_s.append(time.perf_counter() - t)
+    for k in keys[1:]:
+        for i, fn in enumerate(fns):
+            t = time.perf_counter()
+            outs[i].append(jax.block_until_ready(fn(k)))
+            times[i].append(time.perf_counter() - t)
+    return compile_s, [float(np.median(t)) for t in times], outs
 
 
 def main(argv=None):
@@ -99,14 +106,8 @@ def main(argv=None):
     }
     keys = list(jax.random.split(jax.random.PRNGKey(1), seeds + 1))
 
-    rows = []
     bj = blackjax_run(dens, num_particles, num_mcmc_steps, params, 0.5)
-    c_bj, t_bj, out = timed(bj, keys)
-    lz = np.array([float(o[0]) for o in out])
-    rows.append(
-        ("blackjax.adaptive_tempered_smc", c_bj, t_bj, lz, float(np.mean([o[1] for o in out])))
-    )
-
+    labels, fns = ["blackjax.adaptive_tempered_smc"], [bj]
     for label, adapt in (
         ("ppl.TemperedSMC (fixed step)", False),
         ("ppl.TemperedSMC (adapted)", True),
@@ -127,7 +128,11 @@ def main(argv=None):
             r = smc.run(k, Xj, y=yj)
             return r.log_Z, r.num_steps
 
-        c, t, out = timed(ours, keys)
+        labels.append(label)
+        fns.append(ours)
+    compile_s, times, outs = timed_interleaved(fns, keys)
+    rows = []
+    for label, c, t, out in zip(labels, compile_s, times, outs, strict=True):
         lz = np.array([float(o[0]) for o in out])
         rows.append((label, c, t, lz, float(np.mean([int(o[1]) for o in out]))))
 
@@ -143,7 +148,7 @@ def main(argv=None):
         f"HMC move ({num_mcmc_steps} steps x {n_leap} leapfrog, step 0.1), target ESS 0.5, "
         f"resampling every temperature, {seeds} seeds. Exact log Z = {truth:.3f}.",
         "",
-        "| sampler | compile s | run s | time ratio vs BlackJAX | temperatures | mean log Z - exact "
+        "| sampler | compile s | run s (median) | time ratio vs BlackJAX | temperatures | mean log Z - exact "
         "| sd log Z |",
         "|---|---|---|---|---|---|---|",
     ]

@@ -359,6 +359,7 @@ class TemperedSMC:
         self.target_acceptance = float(target_acceptance)
         self.adapt_mass_matrix = bool(adapt_mass_matrix)
         self.max_num_steps = int(max_num_steps)
+        self._checked: dict = {}  # argument signature -> latent site names (validated)
         self._sharding = None
         if shard:
             devices = jax.devices()
@@ -637,21 +638,25 @@ class TemperedSMC:
         Returns:
             `TemperedSMCResult`.
         """
-        dens = split_model(self.model, args, kwargs)
+        dyn, spec = _partition((args, kwargs))
+        signature = (spec, tuple((jnp.shape(x), jnp.result_type(x)) for x in dyn))
+        latent = self._checked.get(signature)
+        if latent is None:  # validate once per argument structure, shapes and dtypes
+            latent = split_model(self.model, args, kwargs).latent
+            self._checked[signature] = latent
         if reference is not None:
             if not isinstance(self.schedule, FrozenSchedule):
                 raise ValueError(
                     "conditional SMC (reference=...) needs particle-independent settings: pass "
                     "schedule=FrozenSchedule(...), e.g. from a pilot run's result.frozen()"
                 )
-            missing = set(dens.latent) - set(reference)
+            missing = set(latent) - set(reference)
             if missing:
                 raise ValueError(
                     f"reference must hold a constrained value for every latent site; "
                     f"missing {sorted(missing)}"
                 )
-            reference = {name: jnp.asarray(reference[name]) for name in dens.latent}
-        dyn, spec = _partition((args, kwargs))
+            reference = {name: jnp.asarray(reference[name]) for name in latent}
         key = jnp.asarray(key)
         if key.ndim == 2 or (jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.ndim == 1):
             return jax.vmap(lambda k: _run_jit(self, k, dyn, spec, reference))(key)
