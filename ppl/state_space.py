@@ -171,6 +171,7 @@ class ParticleFilter:
                 mesh, jax.sharding.PartitionSpec("particles")
             )
         self._jitted = jax.jit(self._run, static_argnums=(3,))
+        self._checked: dict = {}
 
     # ------------------------------------------------------------------ pieces
     def _init_one(self, key, ref0):
@@ -314,9 +315,16 @@ class ParticleFilter:
         key = jnp.asarray(key)
         batched = key.ndim == 2
         first = (lambda t: jax.tree.map(lambda x: x[0], t)) if batched else (lambda t: t)
-        latent, init_latent = self._check(
-            ys, None if reference is None else first(reference), first(reference_init)
-        )
+        shapes = lambda t: jax.tree.map(lambda x: (jnp.shape(x), jnp.result_type(x)), t)  # noqa: E731
+        leaves_sig = lambda t: tuple(jax.tree.leaves(shapes(t))) + (jax.tree.structure(t),)  # noqa: E731
+        signature = (batched, leaves_sig(ys), leaves_sig(reference), leaves_sig(reference_init))
+        checked = self._checked.get(signature)
+        if checked is None:  # validate once per structure, shapes and dtypes
+            checked = self._check(
+                ys, None if reference is None else first(reference), first(reference_init)
+            )
+            self._checked[signature] = checked
+        latent, init_latent = checked
         conditional = reference is not None
         ref = None
         if conditional:
