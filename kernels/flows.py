@@ -18,7 +18,8 @@ gives an unweighted view (systematic resampling of the visited states by their t
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
