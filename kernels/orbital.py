@@ -172,7 +172,8 @@ def orbital_step(
 
     Args:
         rng_key: PRNG key for the categorical choice.
-        z0: current point; k: its slot in the window.
+        z0: current point.
+        k: its slot in the window.
         signed_step: see :func:`orbit_window`.
         logweight_fn: $\\log \\pi(z)$ up to a constant (for HMC: log density minus kinetic energy).
         period: window length P.
