@@ -77,7 +77,7 @@ def _conditionals(log_joint, x, supports):
 
 
 def discrete_deterministic_gibbs(
-    log_joint: Callable[[Array], Array], supports
+    log_joint: Callable[[Array], Array], supports: list[int] | tuple[int, ...]
 ) -> tuple[Callable, Callable]:
     """Discrete deterministic Gibbs for a finite state space.
 

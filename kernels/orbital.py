@@ -167,7 +167,7 @@ def orbital_step(
     logweight_fn: Callable[[ArrayTree], Array],
     period: int,
     mask_log_cutoff: float | None = None,
-):
+) -> tuple[ArrayTree, Array, ArrayTree, Array, Array]:
     """Build the orbit window of ``(z0, k)``, weight it, and sample a point.
 
     Args:
@@ -181,7 +181,7 @@ def orbital_step(
             this value (contracting orbits; truncation, see :func:`contracting_orbital_hmc`).
 
     Returns:
-        ``(chosen_point, chosen_slot, points, log_weights, log_normalized_weights)``.
+        the tuple ``(chosen_point, chosen_slot, points, log_weights, log_normalized_weights)``.
     """
     points, logdets = orbit_window(z0, k, signed_step, period)
     logw = jax.vmap(logweight_fn)(points) + logdets
@@ -519,7 +519,11 @@ def periodic_orbital(
     return SamplingAlgorithm(init_fn, step_fn)
 
 
-def rao_blackwell(fn: Callable[[ArrayTree], Array], info: OrbitalInfo, positions_of=None) -> Array:
+def rao_blackwell(
+    fn: Callable[[ArrayTree], Array],
+    info: OrbitalInfo,
+    positions_of: Callable[[ArrayTree], ArrayTree] | None = None,
+) -> Array:
     """Rao-Blackwellized estimate $\\sum_j w_j f(z_j)$ over one orbit.
 
     Args:
