@@ -94,7 +94,7 @@ class DeterministicGibbs(numpyro.infer.mcmc.MCMCKernel):
         self._to_values = to_values
         init, step = flows.discrete_deterministic_gibbs(log_joint, supports)
         x0 = []
-        for name, shape, values in layout:
+        for name, _shape, values in layout:
             v = np.asarray(sites[name]["value"]).reshape(-1)
             x0 += [
                 int(np.argmin(np.abs(np.asarray(values)[:, None] - v[None]), axis=0)[j])

@@ -32,8 +32,8 @@ def exact():
             states.append((np.array(zz), c))
     w = np.exp(np.array(logp) - max(logp))
     w /= w.sum()
-    ez = sum(wi * s[0] for wi, s in zip(w, states))
-    ec = sum(wi * s[1] for wi, s in zip(w, states))
+    ez = sum(wi * s[0] for wi, s in zip(w, states, strict=True))
+    ec = sum(wi * s[1] for wi, s in zip(w, states, strict=True))
     return ez, ec
 
 
