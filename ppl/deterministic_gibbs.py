@@ -8,7 +8,8 @@ estimates are $\\sum_t w_t f(z_t) / \\sum_t w_t$ (see ``kernels.flows``).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -43,7 +44,7 @@ class DeterministicGibbs(numpyro.infer.mcmc.MCMCKernel):
 
     sample_field = "z"
 
-    def __init__(self, model, speed=None):
+    def __init__(self, model: Callable, speed: Array | None = None):
         self._model = model
         self._speed = speed
         self._step = None
@@ -102,8 +103,26 @@ class DeterministicGibbs(numpyro.infer.mcmc.MCMCKernel):
             ]
         return init, step, jnp.asarray(x0, jnp.int32)
 
-    def init(self, rng_key, num_warmup, init_params, model_args, model_kwargs):
-        """Trace the model, enumerate supports, and start at the model's prior draw."""
+    def init(
+        self,
+        rng_key: Array,
+        num_warmup: int,
+        init_params: Any,
+        model_args: tuple,
+        model_kwargs: dict,
+    ) -> DGibbsSample:
+        """Trace the model, enumerate supports, and start at the model's prior draw.
+
+        Args:
+            rng_key: PRNG key (a batch of keys for vectorized chains).
+            num_warmup: unused (no adaptation).
+            init_params: unused.
+            model_args: positional arguments of the model.
+            model_kwargs: keyword arguments of the model.
+
+        Returns:
+            the initial :class:`DGibbsSample`.
+        """
         batched = jnp.ndim(rng_key) > 0 and not jax.dtypes.issubdtype(rng_key.dtype, jnp.uint32)
         batched = batched or (jnp.ndim(rng_key) > 1)
         first = rng_key[0] if batched else rng_key
@@ -116,8 +135,17 @@ class DeterministicGibbs(numpyro.infer.mcmc.MCMCKernel):
 
         return jax.vmap(one)(rng_key) if batched else one(jax.random.fold_in(rng_key, 1))
 
-    def sample(self, state, model_args, model_kwargs):
-        """One event of the flow: returns the state occupied and the time spent in it."""
+    def sample(self, state: DGibbsSample, model_args: tuple, model_kwargs: dict) -> DGibbsSample:
+        """One event of the flow: returns the state occupied and the time spent in it.
+
+        Args:
+            state: current state.
+            model_args: unused (fixed at init).
+            model_kwargs: unused.
+
+        Returns:
+            the next :class:`DGibbsSample`.
+        """
 
         def one(inner):
             inner, info = self._step(inner)
