@@ -231,6 +231,7 @@ class TeacherForced(NamedTuple):
         log_norm: ``[M, T]`` ``log sum_v p0(v | s_<t) psi_t(s_<t, v)`` (0 after EOS).
         hidden: ``[M, T, H]`` the LM's hidden state before step ``t``.
         active: ``[M, T]`` whether step ``t`` is at or before the first EOS.
+        log_p0_all: ``[M, T, V]`` ``log p0(. | s_<t)`` (for losses that need the normalizer).
         log_phi: ``[M]``.
     """
 
@@ -240,6 +241,7 @@ class TeacherForced(NamedTuple):
     log_norm: Array
     hidden: Array
     active: Array
+    log_p0_all: Array
     log_phi: Array
 
     def log_weight(self) -> Array:
@@ -273,7 +275,7 @@ def _build_tf(target: Target, twist):
             psi = jnp.where(active, lpsi_s, psi)
             hidden = out.hidden
             new_out, cache = lm.decode_step(params, s, cache)
-            rec = (lp0_s, lq_s, psi, jnp.where(active, lognorm, 0.0), hidden, active)
+            rec = (lp0_s, lq_s, psi, jnp.where(active, lognorm, 0.0), hidden, active, logp0)
             return (new_out, cache, done | (s == eos), psi), rec
 
         init = (out, cache, jnp.zeros(m, bool), jnp.zeros(m, jnp.float32))
