@@ -1,0 +1,57 @@
+import jax
+import numpy as np
+import pytest
+
+from lm_inference import exact
+from lm_inference.twist_training import METHODS, train_twist
+from lm_inference.twists import head_twist
+from tests.lm_inference._tiny import tiny
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_reduces_kl(method):
+    target, en = tiny(True)
+    _, kl0 = exact.exact_kls(target, None, en)
+    res = train_twist(jax.random.key(21), target, method, num_steps=150, progress=False)
+    kl_qs, kl_sq = exact.exact_kls(target, res.twist, en)
+    assert np.all(np.isfinite(res.losses))
+    assert kl_sq < 0.7 * kl0, (method, kl_sq, kl0)  # exact KL(sigma || q): deterministic
+
+
+def test_ctl_with_exact_samples_and_linear_head():
+    target, en = tiny(True)
+    ex = exact.exact_samples(jax.random.key(22), en, 512)
+    res = train_twist(
+        jax.random.key(23),
+        target,
+        "ctl",
+        num_steps=150,
+        exact_samples=ex,
+        kind="linear",
+        progress=False,
+    )
+    _, kl0 = exact.exact_kls(target, None, en)
+    assert exact.exact_kls(target, res.twist, en)[1] < 0.3 * kl0
+
+
+def test_checkpoint_resume_equals_uninterrupted(tmp_path):
+    target, _ = tiny(True)
+    tw = head_twist(jax.random.key(0), target.lm.hidden_size, 4, 3)
+    full = train_twist(jax.random.key(24), target, twist=tw, num_steps=20, progress=False)
+    ck = tmp_path / "twist.safetensors"
+    part = train_twist(
+        jax.random.key(24), target, twist=tw, num_steps=10, checkpoint=ck, progress=False
+    )
+    assert ck.exists() and part.losses.size == 10
+    resumed = train_twist(
+        jax.random.key(24), target, twist=tw, num_steps=20, checkpoint=ck, progress=False
+    )
+    assert resumed.losses.size == 10
+    for a, b in zip(jax.tree.leaves(full.twist.params), jax.tree.leaves(resumed.twist.params)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_errors():
+    target, _ = tiny(True)
+    with pytest.raises(ValueError, match="unknown method"):
+        train_twist(jax.random.key(0), target, "bogus")
