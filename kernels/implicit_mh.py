@@ -262,7 +262,9 @@ class DiscriminatorFit(NamedTuple):
 class _MLP(nnx.Module):
     def __init__(self, din: int, hidden: Sequence[int], rngs: nnx.Rngs):
         sizes = [din, *hidden]
-        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
+        self.layers = nnx.List(
+            [nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
+        )
         self.out = nnx.Linear(sizes[-1], 1, rngs=rngs)
 
     def __call__(self, x):
@@ -363,9 +365,10 @@ def fit_discriminator(
             fa = f(p, jnp.concatenate([xs, xp], -1))
             fb = f(p, jnp.concatenate([xp, xs], -1))
             logit_d = fa - fb  # logit d(x, x'); logit d(x', x) = -logit_d
+            logit_d_swapped = -logit_d
             # -E[log d(x,x') + log(1 - d(x',x))]; both terms equal by construction.
             return -jnp.mean(jax.nn.log_sigmoid(logit_d)) - jnp.mean(
-                jax.nn.log_sigmoid(-(-logit_d))
+                jax.nn.log_sigmoid(-logit_d_swapped)
             )
         xq = jax.vmap(sample_proposal)(keys)
         return -jnp.mean(jax.nn.log_sigmoid(f(p, xs))) - jnp.mean(jax.nn.log_sigmoid(-f(p, xq)))
