@@ -119,7 +119,7 @@ def init(position: ArrayTree, log_ratio_fn: Callable[[ArrayTree], Array]) -> IMH
     return IMHState(position, jnp.asarray(log_ratio_fn(position)))
 
 
-def build_kernel():
+def build_kernel() -> Callable:
     """Build the independent implicit MH transition.
 
     Returns:
@@ -151,7 +151,7 @@ def init_markov(position: ArrayTree) -> MarkovIMHState:
     return MarkovIMHState(position)
 
 
-def build_markov_kernel():
+def build_markov_kernel() -> Callable:
     """Build the Markov implicit MH transition.
 
     Returns:

@@ -57,3 +57,13 @@ def test_errors():
         ImplicitMH(Predictive(_prior_model, num_samples=1), {"sigma": np.ones(10)})
     with pytest.raises(RuntimeError, match="fit"):
         ImplicitMH(Predictive(_prior_model, num_samples=1), _target()).run(jax.random.key(0))
+
+
+@pytest.mark.slow
+def test_example_runs(capsys):
+    import runpy
+    from pathlib import Path
+
+    path = Path(__file__).parents[2] / "examples" / "implicit_mh_refine.py"
+    runpy.run_path(str(path), run_name="__main__")
+    assert "energy distance to target" in capsys.readouterr().out
