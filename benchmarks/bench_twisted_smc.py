@@ -97,9 +97,9 @@ def main(argv=None):
     tw = head_twist(jax.random.key(0), lm.hidden_size, lm.vocab_size, T)
     for N in [16, 64] if args.quick else [16, 64, 256]:
         base = ancestral(lm, target.prompt_ids, T, N)
-        tb, _ = timeit(lambda: base(jax.random.key(0), lm.params), reps)
-        t0, c0 = timeit(lambda: smc(jax.random.key(0), target, N).samples, reps)
-        t1, _ = timeit(lambda: smc(jax.random.key(0), target, N, twist=tw).samples, reps)
+        tb, _ = timeit(lambda base=base: base(jax.random.key(0), lm.params), reps)
+        t0, c0 = timeit(lambda N=N: smc(jax.random.key(0), target, N).samples, reps)
+        t1, _ = timeit(lambda N=N: smc(jax.random.key(0), target, N, twist=tw).samples, reps)
         lines.append(
             f"| {N} | {1e3 * tb / T:.3f} | {1e3 * t0 / T:.3f} | {t0 / tb:.2f} | "
             f"{1e3 * t1 / T:.3f} | {t1 / tb:.2f} | {c0:.1f} |"

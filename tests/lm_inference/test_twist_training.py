@@ -47,7 +47,9 @@ def test_checkpoint_resume_equals_uninterrupted(tmp_path):
         jax.random.key(24), target, twist=tw, num_steps=20, checkpoint=ck, progress=False
     )
     assert resumed.losses.size == 10
-    for a, b in zip(jax.tree.leaves(full.twist.params), jax.tree.leaves(resumed.twist.params)):
+    for a, b in zip(
+        jax.tree.leaves(full.twist.params), jax.tree.leaves(resumed.twist.params), strict=True
+    ):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
