@@ -41,8 +41,8 @@ class Interval(NamedTuple):
 def _interval(x, level=0.95) -> Interval:
     x = np.asarray(x, np.float64)
     m = float(x.mean())
-    if x.size < 2:
-        return Interval(m, m, m, x)
+    if x.size < 2 or not np.all(np.isfinite(x)):
+        return Interval(m, m, m, x)  # a -inf run (no particle hit phi > 0): no t-interval
     h = float(stats.t.ppf(0.5 + level / 2, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size))
     return Interval(m, m - h, m + h, x)
 
