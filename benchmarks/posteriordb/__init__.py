@@ -1,0 +1,13 @@
+"""posteriordb posteriors as NumPyro models with Stan's reference summaries (see :mod:`.models`)."""
+
+from benchmarks.posteriordb.models import (
+    MODELS,
+    NAMES,
+    SHORT_NAMES,
+    Agreement,
+    Posterior,
+    load,
+    posteriordb_path,
+)
+
+__all__ = ["MODELS", "NAMES", "SHORT_NAMES", "Agreement", "Posterior", "load", "posteriordb_path"]
