@@ -376,7 +376,7 @@ class BlackJAXKernel(MCMCKernel):
             z = params.z if isinstance(params, ParamInfo) else params
             z = jax.tree.map(jnp.asarray, z)
             self._check_mass_matrix(z)
-            key, key_wa, key_info = random.split(key, 3)
+            key, key_wa, key_init, key_info = random.split(key, 4)
             step_size = jnp.asarray(self._step_size, jnp.result_type(float))
             adapt_state = wa_init(
                 (z, None, None, None),
@@ -387,7 +387,7 @@ class BlackJAXKernel(MCMCKernel):
             algorithm = self.make_algorithm(
                 lambda x: -pe_fn(x), adapt_state.step_size, adapt_state.inverse_mass_matrix
             )
-            kernel_state = algorithm.init(z)
+            kernel_state = algorithm.init(z, key_init)
             info_shape = jax.eval_shape(algorithm.step, key_info, kernel_state)[1]
             info = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), info_shape)
             zero = jnp.zeros((), jnp.result_type(float))

@@ -19,9 +19,10 @@ Built-in involutions and the parameter the step size drives:
 =====================  ======================================================  =============
 
 For ``"hmc"`` the trajectory length $T$ is fixed as in ``numpyro.infer.HMC``: with the adapted
-step size $\epsilon$, $L = \lceil T/\epsilon \rceil$ leapfrog steps of size $T/L$; or a fixed
-``num_steps`` with step size $\epsilon$. The default targets are the asymptotically optimal
-acceptance rates (Roberts and Rosenthal 2001; Beskos et al. 2013 for HMC uses 0.65, NumPyro 0.8).
+step size $\epsilon$, $L = \lceil T/\epsilon \rceil$ leapfrog steps of size $T/L$ (at most
+``max_num_steps`` steps); or a fixed ``num_steps`` with step size $\epsilon$. The default
+targets are the asymptotically optimal acceptance rates of RWM (0.234, Roberts, Gelman and
+Gilks 1997) and MALA (0.574, Roberts and Rosenthal 1998), and NumPyro's 0.8 for HMC.
 """
 
 import math
@@ -68,6 +69,10 @@ class InvolutiveMCMC(BlackJAXKernel):
             ``trajectory_length``).
         trajectory_length: ``"hmc"`` only: fixed integration time $T$ (default $2\\pi$, as
             ``numpyro.infer.HMC``).
+        max_num_steps: ``"hmc"`` with ``trajectory_length`` only: at most this many leapfrog
+            steps per transition; when $\\lceil T/\\epsilon \\rceil$ exceeds it (tiny step sizes
+            early in warmup), ``max_num_steps`` steps of size $\\epsilon$ are taken (a
+            shorter trajectory) instead of larger steps. 1024 matches NUTS's tree depth 10.
         alpha: ``"irreversible_mala"`` only: momentum persistence in $[0, 1)$.
         adapt_step_size: dual averaging of the step size during warmup.
         adapt_mass_matrix: windowed mass-matrix estimate during warmup.
@@ -89,6 +94,7 @@ class InvolutiveMCMC(BlackJAXKernel):
         step_size: float = 1.0,
         num_steps: int | None = None,
         trajectory_length: float | None = None,
+        max_num_steps: int = 1024,
         alpha: float = 0.9,
         adapt_step_size: bool = True,
         adapt_mass_matrix: bool = True,
@@ -125,6 +131,8 @@ class InvolutiveMCMC(BlackJAXKernel):
             raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}.")
         if trajectory_length is not None and not float(trajectory_length) > 0:
             raise ValueError(f"trajectory_length must be positive, got {trajectory_length!r}.")
+        if int(max_num_steps) != max_num_steps or max_num_steps < 1:
+            raise ValueError(f"max_num_steps must be a positive integer, got {max_num_steps!r}.")
         if name == "irreversible_mala" and not 0.0 <= float(alpha) < 1.0:
             raise ValueError(f"alpha must lie in [0, 1), got {alpha!r}.")
         if name == "hmc" and num_steps is None and trajectory_length is None:
@@ -134,6 +142,7 @@ class InvolutiveMCMC(BlackJAXKernel):
         self._involution = involution
         self._num_steps = None if num_steps is None else int(num_steps)
         self._trajectory_length = trajectory_length
+        self._max_num_steps = int(max_num_steps)
         self._alpha = alpha
         super().__init__(
             model,
@@ -175,10 +184,13 @@ class InvolutiveMCMC(BlackJAXKernel):
             if self._num_steps is not None:
                 n = self._num_steps
             else:
-                # numpyro.infer.HMC's convention: L = ceil(T / eps), leapfrog step T / L.
-                n = jnp.ceil(self._trajectory_length / step_size).astype(jnp.result_type(int))
-                n = jnp.maximum(n, 1)
-                step_size = self._trajectory_length / n
+                # numpyro.infer.HMC's convention: L = ceil(T / eps), leapfrog step T / L;
+                # capped at max_num_steps steps of size eps.
+                ratio = self._trajectory_length / step_size
+                capped = ratio > self._max_num_steps
+                n = jnp.where(capped, self._max_num_steps, jnp.maximum(jnp.ceil(ratio), 1.0))
+                step_size = jnp.where(capped, step_size, self._trajectory_length / n)
+                n = n.astype(jnp.result_type(int))
             return involutive.hmc(logdensity_fn, step_size, inverse_mass_matrix, n)
         if name == "mala":
             return involutive.mala(logdensity_fn, step_size, inverse_mass_matrix)
