@@ -403,7 +403,6 @@ def _as_array(value):
     return value
 
 
-@cache
 def load(name: str) -> Posterior:
     """Load a posterior by name (full ``"<data>-<model>"`` or short, see :data:`SHORT_NAMES`).
 
@@ -419,6 +418,11 @@ def load(name: str) -> Posterior:
             f"Unknown posterior {name!r}; available: {', '.join(NAMES)} "
             f"(short names: {', '.join(SHORT_NAMES)})."
         )
+    return _load(full)
+
+
+@cache
+def _load(full: str) -> Posterior:
     folder = posteriordb_path() / full
     for fname in ("data.json", "reference.json"):
         if not (folder / fname).is_file():
