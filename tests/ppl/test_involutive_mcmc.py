@@ -198,3 +198,17 @@ def test_errors():
     kernel = InvolutiveMCMC(potential_fn=lambda x: jnp.sum(x**2))
     with pytest.raises(ValueError, match="pass `init_params`"):
         kernel.init(jax.random.key(0), 10, None, (), {})
+
+
+def test_example_runs():
+    """examples/numpyro_involutive.py (--quick) runs and its chains mix."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "numpyro_involutive.py"
+    spec = importlib.util.spec_from_file_location("numpyro_involutive_example", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    results = example.main(["--quick"])
+    for summary in results.values():
+        assert (summary["r_hat"] < 1.1).all(), summary
