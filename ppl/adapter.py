@@ -285,7 +285,9 @@ class BlackJAXKernel(MCMCKernel):
             return identity
         return self._postprocess_fn(*model_args, **model_kwargs)
 
-    def get_potential_fn(self, model_args: tuple = (), model_kwargs: dict | None = None):
+    def get_potential_fn(
+        self, model_args: tuple = (), model_kwargs: dict | None = None
+    ) -> Callable:
         """Potential $U(z)$ for the given model arguments (after :meth:`init`).
 
         Args:

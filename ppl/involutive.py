@@ -8,15 +8,12 @@ windowed diagonal or dense mass matrix).
 
 Built-in involutions and the parameter the step size drives:
 
-=====================  ======================================================  =============
-``involution``         kernel                                                  default target
-=====================  ======================================================  =============
-``"hmc"``              ``kernels.involutive.hmc``: $L$ leapfrog steps + flip   0.8
-``"mala"``             ``kernels.involutive.mala``: one leapfrog step + flip   0.574
-``"irreversible_mala"`` ``kernels.involutive.irreversible_mala`` (persistent   0.574
-                       momentum, partial refresh ``alpha``)
-``"rwm"``              ``kernels.involutive.rwm``: Gaussian increment          0.234
-=====================  ======================================================  =============
+| ``involution`` | kernel | default target |
+| --- | --- | --- |
+| ``"hmc"`` | ``kernels.involutive.hmc``: $L$ leapfrog steps, then momentum flip | 0.8 |
+| ``"mala"`` | ``kernels.involutive.mala``: one leapfrog step, then flip | 0.574 |
+| ``"irreversible_mala"`` | ``kernels.involutive.irreversible_mala``: persistent, partially refreshed momentum (``alpha``) | 0.574 |
+| ``"rwm"`` | ``kernels.involutive.rwm``: Gaussian increment | 0.234 |
 
 For ``"hmc"`` the trajectory length $T$ is fixed as in ``numpyro.infer.HMC``: with the adapted
 step size $\epsilon$, $L = \lceil T/\epsilon \rceil$ leapfrog steps of size $T/L$ (at most
