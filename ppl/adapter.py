@@ -412,8 +412,8 @@ class BlackJAXKernel(MCMCKernel):
             self._sample_fn = jax.vmap(self._sample_one, in_axes=(0, None, None))
         else:
             state = init_one(init_params, rng_key)
-            self._check_initial_potential(state.potential_energy)
             self._sample_fn = self._sample_one
+        self._check_initial_potential(state.potential_energy)
         return state
 
     def _check_mass_matrix(self, z):

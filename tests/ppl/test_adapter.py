@@ -173,6 +173,10 @@ def test_errors():
         BlackJAXKernel(potential_fn=lambda z: jnp.sum(jnp.log(z)), kernel_factory=hmc_factory).init(
             jax.random.key(0), 10, -jnp.ones(2), (), {}
         )
+    with pytest.raises(ValueError, match="not finite"):  # one bad chain of a vectorized batch
+        BlackJAXKernel(potential_fn=lambda z: jnp.sum(jnp.log(z)), kernel_factory=hmc_factory).init(
+            jax.random.split(jax.random.key(0), 2), 10, jnp.array([[1.0], [-1.0]]), (), {}
+        )
     bad_mass = BlackJAXKernel(
         potential_fn=lambda z: jnp.sum(z**2),
         kernel_factory=hmc_factory,
