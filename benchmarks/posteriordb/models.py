@@ -39,13 +39,13 @@ from functools import cache
 from pathlib import Path
 from typing import NamedTuple
 
+import arviz as az
 import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
 from jax.scipy.special import logsumexp
-from numpyro.diagnostics import effective_sample_size
 from numpyro.distributions import constraints
 
 __all__ = [
@@ -299,7 +299,7 @@ class Agreement(NamedTuple):
     Attributes:
         mean: sample mean.
         sd: sample standard deviation.
-        ess: effective sample size of the draws (``numpyro.diagnostics``).
+        ess: effective sample size of the mean (``arviz.ess(method="mean")``).
         z_mean: $(\\bar x - m_{ref}) / \\sqrt{s^2/\\mathrm{ESS} + s_{ref}^2/n_{ref}}$.
         z_sd: $(s/s_{ref} - 1) / \\mathrm{se}$, with the delta-method standard error of
             $s/s_{ref}$ from the ESS of $(x - \\bar x)^2$ and the reference's draws.
@@ -313,8 +313,13 @@ class Agreement(NamedTuple):
 
 
 def _ess(x: np.ndarray) -> float:
-    """ESS of draws of shape (chains, draws)."""
-    return float(effective_sample_size(np.asarray(x, dtype=np.float64)))
+    """ESS for the mean of draws of shape (chains, draws) (arviz, ``method="mean"``).
+
+    arviz's estimator stays positive and bounded for antithetic chains (HMC with an integration
+    time near a half period gives negative lag-1 correlations), where
+    ``numpyro.diagnostics.effective_sample_size`` can return negative values.
+    """
+    return float(az.ess(np.asarray(x, dtype=np.float64), method="mean"))
 
 
 @dataclass(frozen=True)
