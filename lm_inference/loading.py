@@ -1,0 +1,420 @@
+"""Load Hugging Face causal LM checkpoints into JAX, with no torch at run time.
+
+Configuration and tokenizer come through transformers (``AutoConfig``, ``AutoTokenizer``), the
+weights through safetensors as NumPy arrays (one ``model.safetensors`` or shards listed in
+``model.safetensors.index.json``). The architectures are flax nnx modules whose parameters carry
+Hugging Face's names (:mod:`lm_inference.models`), so loading is a lookup by name with a shape
+check, and :meth:`CausalLM.save_pretrained` writes a checkpoint transformers loads back.
+
+:class:`CausalLM` implements the decoding contract of :mod:`lm_inference.base`: pure ``prefill``
+and ``decode_step`` functions of explicit parameters over a static-shape KV cache whose leaves
+have the batch axis first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import cached_property
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from kernels.types import Array, ArrayTree
+from lm_inference.base import DecodeOutput
+from lm_inference.models import (
+    SUPPORTED_ARCHITECTURES,
+    UnsupportedArchitectureError,
+    dims,
+    module_class,
+)
+from lm_inference.models.layers import new_cache
+
+__all__ = [
+    "load",
+    "CausalLM",
+    "SUPPORTED_ARCHITECTURES",
+    "UnsupportedArchitectureError",
+    "CheckpointError",
+    "default_dtype",
+]
+
+WEIGHTS_NAME = "model.safetensors"
+WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, corrupt, or does not match its configuration."""
+
+
+def default_dtype():
+    """bfloat16 on GPU and TPU, float32 on CPU."""
+    return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+
+
+class CausalLM:
+    """A causal LM in JAX: a flax nnx module split into a graph definition and parameters.
+
+    Attributes:
+        config: the Hugging Face configuration.
+        tokenizer: a transformers tokenizer (left padding, a pad token), or ``None``.
+        params: the parameters (an ``nnx.State`` pytree, Hugging Face names), passed explicitly
+            to :meth:`prefill` and :meth:`decode_step` so that they are jit arguments.
+        vocab_size, hidden_size, max_positions, num_layers: sizes from the config.
+        eos_token_id: the end-of-sequence id (first one when the config lists several), or None.
+        dtype: parameter and activation dtype.
+    """
+
+    def __init__(self, module: nnx.Module, config, tokenizer=None, path: Path | None = None):
+        self.graphdef, self.params = nnx.split(module)
+        self.config = config
+        self.tokenizer = tokenizer
+        self.path = path
+        d = dims(config)
+        self.dims = d
+        self.vocab_size, self.hidden_size = d.vocab_size, d.hidden_size
+        self.max_positions, self.num_layers = d.max_positions, d.num_layers
+        leaf = jax.tree.leaves(self.params)[0]
+        self.dtype = leaf.dtype
+        eos = getattr(config, "eos_token_id", None)
+        if isinstance(eos, list | tuple):
+            eos = eos[0] if eos else None
+        if eos is None and tokenizer is not None:
+            eos = tokenizer.eos_token_id
+        self.eos_token_id = None if eos is None else int(eos)
+
+    def __repr__(self) -> str:
+        n = sum(x.size for x in jax.tree.leaves(self.params))
+        return (
+            f"CausalLM({self.config.model_type}, {n / 1e6:.2f}M parameters, {self.dtype}, "
+            f"vocab {self.vocab_size}, {self.num_layers} layers, path={self.path})"
+        )
+
+    # ---------------------------------------------------------------- pure functions
+    def _forward(self, params, tokens, positions, cache, start):
+        model = nnx.merge(self.graphdef, params)
+        hidden, layers = model(tokens, positions, cache["layers"], cache["valid"], start)
+        return model, hidden, layers
+
+    def prefill(
+        self, params: ArrayTree, token_ids: Array, attention_mask: Array, max_length: int
+    ) -> tuple[DecodeOutput, dict]:
+        """Run left-padded prompts ``[B, P]``; return the next-token output and a cache of
+        ``max_length`` slots (``P`` used). Position ids count real tokens only (as ``generate``)."""
+        b, p = token_ids.shape
+        d = self.dims
+        mask = attention_mask.astype(jnp.int32)
+        cache = new_cache(b, max_length, d.num_layers, d.num_kv_heads, d.head_dim, self.dtype)
+        valid = cache["valid"].at[:, :p].set(mask.astype(bool))
+        positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+        cache = {**cache, "valid": valid}
+        model, hidden, layers = self._forward(params, token_ids, positions, cache, 0)
+        last = hidden[:, -1]
+        out = DecodeOutput(model.unembed(last).astype(jnp.float32), last)
+        cache = {
+            "layers": layers,
+            "valid": valid,
+            "index": jnp.full((b,), p, jnp.int32),
+            "position": jnp.sum(mask, axis=1).astype(jnp.int32),
+        }
+        return out, cache
+
+    def decode_step(
+        self, params: ArrayTree, tokens: Array, cache: dict
+    ) -> tuple[DecodeOutput, dict]:
+        """Append one token per row (``tokens [B]``) and return the next-token output."""
+        start = cache["index"][0]
+        slots = jnp.arange(cache["valid"].shape[1])
+        valid = cache["valid"] | (slots == start)[None]
+        step = {**cache, "valid": valid}
+        positions = cache["position"][:, None]
+        model, hidden, layers = self._forward(params, tokens[:, None], positions, step, start)
+        last = hidden[:, 0]
+        out = DecodeOutput(model.unembed(last).astype(jnp.float32), last)
+        return out, {
+            "layers": layers,
+            "valid": valid,
+            "index": cache["index"] + 1,
+            "position": cache["position"] + 1,
+        }
+
+    def _full_logits(self, params, token_ids, attention_mask):
+        b, t = token_ids.shape
+        d = self.dims
+        mask = attention_mask.astype(jnp.int32)
+        cache = new_cache(b, t, d.num_layers, d.num_kv_heads, d.head_dim, self.dtype)
+        cache = {**cache, "valid": mask.astype(bool)}
+        positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+        model, hidden, _ = self._forward(params, token_ids, positions, cache, 0)
+        return model.unembed(hidden).astype(jnp.float32)
+
+    @cached_property
+    def _logits_jit(self):
+        return jax.jit(self._full_logits)
+
+    # ---------------------------------------------------------------- conveniences
+    def logits(self, token_ids: Array, attention_mask: Array | None = None) -> Array:
+        """Full-sequence next-token logits ``[B, T, V]`` (float32) for left-padded ``[B, T]`` ids."""
+        ids = self.check_ids(token_ids)
+        mask = jnp.ones_like(ids) if attention_mask is None else jnp.asarray(attention_mask)
+        if mask.shape != ids.shape:
+            raise ValueError(
+                f"attention_mask has shape {mask.shape} but token_ids has {ids.shape}."
+            )
+        return self._logits_jit(self.params, ids, mask)
+
+    def check_ids(self, token_ids, extra: int = 0) -> Array:
+        """Validate ``[B, T]`` token ids (range, and ``T + extra`` within the maximum positions)."""
+        ids = np.asarray(token_ids)
+        if ids.ndim == 1:
+            ids = ids[None]
+        if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(
+                f"token ids must be an integer array [B, T], got {ids.dtype} {ids.shape}."
+            )
+        if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
+            raise ValueError(
+                f"token ids must be in [0, {self.vocab_size}), got [{ids.min()}, {ids.max()}]."
+            )
+        if ids.shape[1] + extra > self.max_positions:
+            raise ValueError(
+                f"sequence of {ids.shape[1]} tokens{f' + {extra} new' if extra else ''} exceeds the "
+                f"model's maximum positions ({self.max_positions}); shorten the prompt."
+            )
+        return jnp.asarray(ids, jnp.int32)
+
+    def encode(self, prompts: str | list[str]) -> tuple[Array, Array]:
+        """Tokenize one or several prompts into left-padded ``(token_ids, attention_mask)``."""
+        if self.tokenizer is None:
+            raise ValueError("this checkpoint has no tokenizer files; pass token ids instead.")
+        texts = [prompts] if isinstance(prompts, str) else list(prompts)
+        rows = [self.tokenizer(t)["input_ids"] for t in texts]
+        bos = self.tokenizer.bos_token_id
+        rows = [r if r else ([bos] if bos is not None else []) for r in rows]
+        if any(len(r) == 0 for r in rows):
+            raise ValueError(
+                "a prompt is empty and the tokenizer has no BOS token to stand for it."
+            )
+        p = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id or 0
+        ids = np.array([[pad] * (p - len(r)) + list(r) for r in rows], np.int32)
+        mask = np.array([[0] * (p - len(r)) + [1] * len(r) for r in rows], np.int32)
+        return jnp.asarray(ids), jnp.asarray(mask)
+
+    def cache_bytes_per_particle(self, max_length: int) -> int:
+        """Bytes of KV cache one particle holds for ``max_length`` positions."""
+        d = self.dims
+        itemsize = jnp.dtype(self.dtype).itemsize
+        kv = 2 * d.num_layers * max_length * d.num_kv_heads * d.head_dim * itemsize
+        return kv + max_length + 8  # + the validity mask and the two int32 counters
+
+    def save_pretrained(self, path: str | os.PathLike) -> Path:
+        """Write ``config.json``, ``model.safetensors`` (Hugging Face names) and the tokenizer."""
+        from safetensors.numpy import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.config.save_pretrained(path)
+        tensors = {
+            ".".join(map(str, p)): np.asarray(v.get_value())
+            for p, v in nnx.to_flat_state(self.params)
+        }
+        save_file(tensors, str(path / WEIGHTS_NAME), metadata={"format": "pt"})
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(path)
+        return path
+
+
+# -------------------------------------------------------------------- loading
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    env = os.environ.get("HF_HUB_OFFLINE", "")
+    return bool(constants.HF_HUB_OFFLINE) or env.lower() in ("1", "true", "yes", "on")
+
+
+def _resolve(name_or_path, cache_dir=None, revision=None) -> Path:
+    """A local folder, or a hub id's snapshot folder from the local cache (or the hub)."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise CheckpointError(f"{path} is a file; pass the checkpoint's folder.")
+    name = str(name_or_path)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise CheckpointError(f"no checkpoint folder at {path}.")
+    from huggingface_hub import snapshot_download
+
+    kw = dict(
+        allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"],
+        cache_dir=cache_dir,
+        revision=revision,
+    )
+    try:
+        return Path(snapshot_download(name, local_files_only=True, **kw))
+    except Exception as local_error:  # not in the local cache
+        if _offline():
+            raise CheckpointError(
+                f"{name!r} is neither a local folder nor in the Hugging Face cache, and "
+                "HF_HUB_OFFLINE is set; pass a local checkpoint folder."
+            ) from local_error
+        try:
+            return Path(snapshot_download(name, **kw))
+        except Exception as e:
+            raise CheckpointError(
+                f"{name!r} is neither a local folder nor in the Hugging Face cache, and it could "
+                f"not be downloaded ({type(e).__name__}); pass a local checkpoint folder."
+            ) from e
+
+
+def _weight_files(path: Path) -> list[Path]:
+    single, index = path / WEIGHTS_NAME, path / WEIGHTS_INDEX_NAME
+    if single.exists():
+        return [single]
+    if index.exists():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError) as e:
+            raise CheckpointError(f"{index} is not a valid safetensors index ({e}).") from e
+        missing = [s for s in shards if not (path / s).exists()]
+        if missing:
+            raise CheckpointError(f"{index} lists shards that are missing: {missing}.")
+        return [path / s for s in shards]
+    others = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
+    hint = (
+        f" It has {others}: convert them once with transformers' "
+        "`model.save_pretrained(folder, safe_serialization=True)`."
+        if others
+        else ""
+    )
+    raise CheckpointError(
+        f"no weights in {path}: expected {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME}.{hint}"
+    )
+
+
+def _read_tensors(files: list[Path]) -> dict[str, np.ndarray]:
+    from safetensors import safe_open
+
+    tensors = {}
+    for f in files:
+        try:
+            with safe_open(str(f), framework="np") as h:
+                for k in h.keys():
+                    tensors[k] = h.get_tensor(k)
+        except Exception as e:  # safetensors raises its own error types for corrupt files
+            raise CheckpointError(
+                f"cannot read {f} ({type(e).__name__}: {e}); the file is corrupt or not "
+                "safetensors: download or save the checkpoint again."
+            ) from e
+    return tensors
+
+
+def _lookup(tensors: dict, key: str):
+    if key in tensors:
+        return tensors[key]
+    # some checkpoints (e.g. the hub's gpt2) store the base model without its prefix
+    for prefix in ("transformer.", "model."):
+        if key.startswith(prefix) and key[len(prefix) :] in tensors:
+            return tensors[key[len(prefix) :]]
+    return None
+
+
+def _tokenizer(path: Path):
+    if not any((path / f).exists() for f in _TOKENIZER_FILES):
+        return None
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(path))
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        # batching only needs *a* pad id: padded slots are masked out of attention
+        if tok.eos_token is not None:
+            tok.pad_token = tok.eos_token
+        elif tok.unk_token is not None:
+            tok.pad_token = tok.unk_token
+    return tok
+
+
+def load(
+    name_or_path: str | os.PathLike | None = None,
+    dtype=None,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    revision: str | None = None,
+) -> CausalLM:
+    """Load a causal LM checkpoint in Hugging Face format into JAX.
+
+    Args:
+        name_or_path: a local folder with ``config.json`` and safetensors weights (single file or
+            sharded with an index), or a hub id resolved through the local Hugging Face cache
+            (downloaded only when the machine is online and ``HF_HUB_OFFLINE`` is unset).
+            ``None`` loads the embedded default model (``lm_inference.DEFAULT_MODEL_PATH``).
+        dtype: parameter and activation dtype; default bfloat16 on GPU, float32 on CPU.
+        cache_dir: the Hugging Face cache to resolve hub ids in (default: ``HF_HUB_CACHE``).
+        revision: the hub revision (branch, tag or commit) of a hub id.
+
+    Returns:
+        :class:`CausalLM`. ``.tokenizer`` is ``None`` when the folder has no tokenizer files.
+
+    Raises:
+        UnsupportedArchitectureError: the ``model_type`` is not one of ``SUPPORTED_ARCHITECTURES``.
+        CheckpointError: missing or corrupt weights, or weights that do not match the config.
+    """
+    if name_or_path is None:
+        from lm_inference import DEFAULT_MODEL_PATH
+
+        name_or_path = DEFAULT_MODEL_PATH
+        if not (Path(name_or_path) / "config.json").exists():
+            raise CheckpointError(
+                f"the embedded default model is missing from {name_or_path}; "
+                "regenerate it with `python scripts/train_default_model.py`."
+            )
+    path = _resolve(name_or_path, cache_dir, revision)
+    if not (path / "config.json").exists():
+        raise CheckpointError(f"no config.json in {path}; is this a Hugging Face checkpoint?")
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(str(path))
+    except ValueError as e:
+        raw = json.loads((path / "config.json").read_text())
+        supported = ", ".join(SUPPORTED_ARCHITECTURES)
+        raise UnsupportedArchitectureError(
+            f"architecture {raw.get('model_type')!r} is not supported (transformers does not "
+            f"recognize it either); supported model types: {supported}."
+        ) from e
+    cls = module_class(config)  # raises UnsupportedArchitectureError
+    dtype = jnp.dtype(dtype or default_dtype())
+    tensors = _read_tensors(_weight_files(path))
+    abstract = nnx.eval_shape(lambda: cls(config, dtype))
+    graphdef, state = nnx.split(abstract)
+    flat, missing, mismatched = [], [], []
+    for p, var in nnx.to_flat_state(state):
+        key = ".".join(map(str, p))
+        want = var.get_value()
+        x = _lookup(tensors, key)
+        if x is None:
+            missing.append(key)
+            continue
+        if tuple(x.shape) != tuple(want.shape):
+            mismatched.append(f"{key}: checkpoint {tuple(x.shape)}, config {tuple(want.shape)}")
+            continue
+        flat.append((p, var.replace(value=jnp.asarray(x, dtype))))
+    if missing or mismatched:
+        problems = []
+        if mismatched:
+            problems.append(f"shape mismatches: {mismatched[:5]}")
+        if missing:
+            problems.append(f"missing tensors: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        raise CheckpointError(
+            f"the weights in {path} do not match its config.json ({config.model_type}): "
+            + "; ".join(problems)
+            + ". Check that config.json belongs to these weights."
+        )
+    del tensors
+    module = nnx.merge(graphdef, nnx.from_flat_state(flat))
+    return CausalLM(module, config, _tokenizer(path), path)

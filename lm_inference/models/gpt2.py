@@ -1,0 +1,102 @@
+"""GPT-2 (``GPT2LMHeadModel``) as a flax nnx module, parameters under Hugging Face's names.
+
+Pre-norm transformer: ``h += attn(ln_1(h)); h += mlp(ln_2(h))``, learned absolute position
+embeddings, fused ``c_attn`` projection (``Conv1D``, weights ``[in, out]``), attention scaled by
+``1 / sqrt(d)`` (``scale_attn_weights``) and optionally ``1 / (layer + 1)``, tied output head.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from flax import nnx
+
+from kernels.types import Array
+from lm_inference.models.layers import (
+    Conv1D,
+    Embedding,
+    LayerNorm,
+    Linear,
+    activation,
+    attend,
+    attention_mask,
+    write_kv,
+)
+
+__all__ = ["GPT2LMHeadModel"]
+
+
+class GPT2Attention(nnx.Module):
+    def __init__(self, config, layer: int, dtype):
+        h = config.n_embd
+        self.num_heads = config.n_head
+        self.c_attn = Conv1D(h, 3 * h, dtype)
+        self.c_proj = Conv1D(h, h, dtype)
+        d = h // config.n_head
+        self.scale = (d**-0.5 if config.scale_attn_weights else 1.0) / (
+            layer + 1.0 if config.scale_attn_by_inverse_layer_idx else 1.0
+        )
+
+    def __call__(self, x, cache, valid, start):
+        b, t, h = x.shape
+        q, k, v = jnp.split(self.c_attn(x), 3, axis=-1)
+        q, k, v = (y.reshape(b, t, self.num_heads, -1) for y in (q, k, v))
+        cache = write_kv(cache, k, v, start)
+        mask = attention_mask(valid, start + jnp.arange(t), None)
+        return self.c_proj(attend(q, cache["k"], cache["v"], mask, self.scale)), cache
+
+
+class GPT2MLP(nnx.Module):
+    def __init__(self, config, dtype):
+        inner = config.n_inner or 4 * config.n_embd
+        self.c_fc = Conv1D(config.n_embd, inner, dtype)
+        self.c_proj = Conv1D(inner, config.n_embd, dtype)
+        self.act = activation(config.activation_function)
+
+    def __call__(self, x):
+        return self.c_proj(self.act(self.c_fc(x)))
+
+
+class GPT2Block(nnx.Module):
+    def __init__(self, config, layer: int, dtype):
+        eps = config.layer_norm_epsilon
+        self.ln_1 = LayerNorm(config.n_embd, eps, dtype)
+        self.attn = GPT2Attention(config, layer, dtype)
+        self.ln_2 = LayerNorm(config.n_embd, eps, dtype)
+        self.mlp = GPT2MLP(config, dtype)
+
+    def __call__(self, x, cache, valid, start):
+        a, cache = self.attn(self.ln_1(x), cache, valid, start)
+        x = x + a
+        return x + self.mlp(self.ln_2(x)), cache
+
+
+class GPT2Model(nnx.Module):
+    def __init__(self, config, dtype):
+        self.wte = Embedding(config.vocab_size, config.n_embd, dtype)
+        self.wpe = Embedding(config.n_positions, config.n_embd, dtype)
+        self.h = nnx.List([GPT2Block(config, i, dtype) for i in range(config.n_layer)])
+        self.ln_f = LayerNorm(config.n_embd, config.layer_norm_epsilon, dtype)
+
+
+class GPT2LMHeadModel(nnx.Module):
+    """GPT-2 causal LM; ``__call__`` returns the final-norm hidden states and the updated cache."""
+
+    def __init__(self, config, dtype):
+        self.transformer = GPT2Model(config, dtype)
+        tied = getattr(config, "tie_word_embeddings", True)
+        self.lm_head = None if tied else Linear(config.n_embd, config.vocab_size, False, dtype)
+
+    def __call__(self, tokens: Array, positions: Array, layers: list, valid: Array, start):
+        m = self.transformer
+        x = m.wte(tokens) + m.wpe(positions)
+        new = []
+        for block, cache in zip(m.h, layers, strict=True):
+            x, cache = block(x, cache, valid, start)
+            new.append(cache)
+        return m.ln_f(x), new
+
+    def unembed(self, hidden: Array) -> Array:
+        """Next-token logits from final hidden states."""
+        if self.lm_head is None:
+            return self.transformer.wte.attend(hidden)
+        return self.lm_head(hidden)
