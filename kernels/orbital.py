@@ -7,18 +7,28 @@ periodic with period $P$. The orbit of $(z, k)$ is the window
 
 $$ O(z, k) = \{(T^{j-k} z,\ j) : j = 0, \dots, P-1\}, $$
 
-and the orbital kernel samples the next state from it with probabilities
+and $\tilde\pi$ restricted to the orbit has the weights
 
-$$ w_j \propto \pi(T^{j-k} z)\,|\det J_{T^{j-k}}(z)| \qquad \text{(paper, Sec. 3, eq. 7)}, $$
+$$ w_j \propto \pi(T^{j-k} z)\,|\det J_{T^{j-k}}(z)| \qquad \text{(paper, Sec. 3)}. $$
 
-which leaves $\tilde\pi$ invariant for any $T$ (periodic or not). It is followed by a map that keeps
-$\tilde\pi$ invariant and moves between orbits:
+Any kernel on the $P$ orbit points that keeps $w$ invariant keeps $\tilde\pi$ invariant, for any
+$T$ (periodic or not). Two are offered:
+
+* independent sampling $j^* \sim w$ (``rotation=None``, the paper's choice);
+* the *weight rotation* $r \in (0, 1)$: lay the weights on a circle of circumference 1 in slot
+  order (slot $j$ owns the arc $[W_j, W_{j+1})$, $W_j = \sum_{i<j} w_i$), draw $u$ uniformly on
+  the current slot's arc and move to the slot that owns $u + r \bmod 1$. A rotation preserves
+  the uniform measure on the circle, so $w$ is invariant; the transition probabilities are
+  $Q_{kj} = |(\mathrm{arc}_k + r) \cap \mathrm{arc}_j| / w_k$. With equal weights and $r = 1/2$
+  the chain always moves $P/2$ points away along the trajectory (a fixed integration time, as
+  HMC, instead of the triangular spread of $|j^* - k|$ under independent sampling).
+
+The choice is followed by a map that keeps $\tilde\pi$ invariant and moves between orbits:
 
 * a deterministic index shift $k \leftarrow (j^* - c) \bmod P$ (a permutation of $k$, so
-  invariant; it makes the chain irreversible: the next window starts $c$ steps ahead or
-  $P - c$ steps behind the current one), or
+  invariant; it makes the chain irreversible), or
 * a uniformly random window offset $k \sim U\{0..P-1\}$ drawn fresh every step, which is
-  multinomial HMC that samples the whole trajectory and is invariant for every length $P$
+  multinomial HMC over the whole trajectory and is invariant for every length $P$
   (BlackJAX's ``mhmc`` always puts the current point first, which is biased for $P > 1$).
 
 For HMC, $z = (q, p)$, $T$ is one leapfrog step (volume preserving), $\pi(z) \propto
@@ -29,8 +39,11 @@ All weights are computed in log space and normalized with ``logsumexp``: a log d
 by $-10^4$ in float32 works (BlackJAX's ``orbital_hmc`` exponentiates unnormalized weights and
 returns NaN there).
 
-Each orbit costs $P - 1$ gradient evaluations: the window is built by one scan that, at step
-$j$, moves either the backward end (for $j \le k$) or the forward end, so no work is masked.
+The window is grown by one ``lax.while_loop`` that extends either its backward or its forward
+end, one map application per iteration, so a window of $n$ points costs exactly $n - 1$
+applications (gradient evaluations for HMC). Its length can be a traced value $n \le P$
+(``num_points``: a trajectory length fixed in time while the step size adapts); the unused
+slots get weight 0.
 
 ``info.acceptance_rate`` is the mean over the other orbit points of $\min(1, w_j / w_k)$ (the
 Metropolis acceptance of moving from the current point to each orbit point, averaged like NUTS's
@@ -48,15 +61,20 @@ import jax.numpy as jnp
 from blackjax.base import SamplingAlgorithm
 from blackjax.mcmc import integrators, metrics
 
+from kernels.involutive._api import check_mass_matrix, check_position
 from kernels.types import Array, ArrayLikeTree, ArrayTree, LogDensityFn, PRNGKey
 
 __all__ = [
     "OrbitalState",
     "OrbitalInfo",
+    "PeriodicState",
     "orbit_window",
+    "contracting_window",
+    "choose",
     "orbital_step",
     "init",
     "build_kernel",
+    "build_contracting_kernel",
     "orbital_hmc",
     "multinomial_hmc",
     "contracting_orbital_hmc",
@@ -93,11 +111,14 @@ class OrbitalInfo(NamedTuple):
         is_accepted: whether the chosen point differs from the current one.
         is_divergent: whether some orbit point has log weight below the start's by more than 1000,
             or a non-finite one.
-        orbit: the whole orbit window (states stacked along a leading axis of length P).
+        orbit: the whole orbit window (states stacked along a leading axis of length P; unused
+            slots repeat the current point and have weight 0).
         weights: normalized orbit weights, shape (P,), for Rao-Blackwellized estimates.
-        log_weights: unnormalized log weights, shape (P,).
+        log_weights: unnormalized log weights, shape (P,) (-inf for unused slots).
         chosen: index of the chosen point in the window.
-        num_grad_evals: gradient evaluations spent on this transition (P - 1).
+        num_grad_evals: map applications (gradient evaluations for HMC) spent on this transition.
+        transition: probabilities of moving from the current slot to each slot, shape (P,)
+            (equal to ``weights`` for independent sampling).
     """
 
     acceptance_rate: Array
@@ -108,10 +129,69 @@ class OrbitalInfo(NamedTuple):
     log_weights: Array
     chosen: Array
     num_grad_evals: Array
+    transition: Array
 
 
 def _where(pred, a, b):
     return jax.tree.map(lambda x, y: jnp.where(pred, x, y), a, b)
+
+
+class _Grow(NamedTuple):
+    back: ArrayTree
+    front: ArrayTree
+    back_ld: Array
+    front_ld: Array
+    back_lw: Array
+    front_lw: Array
+    max_lw: Array
+    nb: Array
+    nf: Array
+    points: ArrayTree
+    logdets: Array
+    logw: Array
+
+
+def _grow(z0, signed_step, size, center, policy, logweight_fn=None):
+    """Grow a window around ``z0`` (at slot ``center`` of ``size`` slots) one point at a time.
+
+    ``policy(carry) -> int`` says where to go next: -1 backward, +1 forward, 0 stop. Returns the
+    final carry: ``points`` (unused slots hold ``z0``), ``logdets`` and ``logw`` (unused: -inf).
+    """
+    zero = jnp.zeros((), jnp.result_type(float))
+    ninf = jnp.full((size,), -jnp.inf, zero.dtype)
+    lw0 = zero if logweight_fn is None else jnp.asarray(logweight_fn(z0), zero.dtype)
+    lw0 = jnp.where(jnp.isfinite(lw0), lw0, -jnp.inf)
+    points = jax.tree.map(lambda x: jnp.repeat(jnp.asarray(x)[None], size, axis=0), z0)
+    int0 = jnp.zeros((), jnp.int32)
+    carry = _Grow(
+        z0, z0, zero, zero, lw0, lw0, lw0, int0, int0, points,
+        ninf.at[center].set(0.0), ninf.at[center].set(lw0),
+    )  # fmt: skip
+
+    def body(c):
+        back = policy(c) < 0
+        new, ld = signed_step(_where(back, c.back, c.front), jnp.where(back, -1.0, 1.0))
+        ld = jnp.where(back, c.back_ld, c.front_ld) + ld
+        lw = ld if logweight_fn is None else logweight_fn(new) + ld
+        lw = jnp.where(jnp.isfinite(lw), lw, -jnp.inf)
+        slot = jnp.where(back, center - c.nb - 1, center + c.nf + 1)
+        points = jax.tree.map(lambda b, x: b.at[slot].set(x), c.points, new)
+        return _Grow(
+            back=_where(back, new, c.back),
+            front=_where(back, c.front, new),
+            back_ld=jnp.where(back, ld, c.back_ld),
+            front_ld=jnp.where(back, c.front_ld, ld),
+            back_lw=jnp.where(back, lw, c.back_lw),
+            front_lw=jnp.where(back, c.front_lw, lw),
+            max_lw=jnp.maximum(c.max_lw, lw),
+            nb=c.nb + back.astype(jnp.int32),
+            nf=c.nf + (~back).astype(jnp.int32),
+            points=points,
+            logdets=c.logdets.at[slot].set(ld),
+            logw=c.logw.at[slot].set(lw),
+        )
+
+    return jax.lax.while_loop(lambda c: policy(c) != 0, body, carry)
 
 
 def orbit_window(
@@ -119,44 +199,104 @@ def orbit_window(
     k: Array,
     signed_step: Callable[[ArrayTree, Array], tuple[ArrayTree, Array]],
     period: int,
+    num_points: Array | int | None = None,
 ) -> tuple[ArrayTree, Array]:
-    """The window $\\{T^{j-k} z_0\\}_{j=0}^{P-1}$ and $\\log|\\det J_{T^{j-k}}(z_0)|$.
+    """The window $\\{T^{j-k} z_0\\}_{j=0}^{n-1}$ and $\\log|\\det J_{T^{j-k}}(z_0)|$.
 
     Args:
         z0: the current point (pytree).
-        k: its position in the window, int in [0, P).
+        k: its position in the window, int in [0, n).
         signed_step: ``signed_step(z, d) -> (z', logdet)`` applies $T$ for ``d = +1`` and
             $T^{-1}$ for ``d = -1`` and returns the log |det J| of the map applied.
-        period: window length P (static).
+        period: number of slots P (static).
+        num_points: window length $n \\le P$ (may be traced); default P.
 
     Returns:
         ``(points, logdets)``: points stacked along a leading axis of length P (slot k holds z0),
-        logdets of shape (P,). Costs P - 1 calls of ``signed_step``.
+        logdets of shape (P,), -inf for the unused slots $j \\ge n$. Costs n - 1 calls of
+        ``signed_step``.
     """
     k = jnp.asarray(k, jnp.int32)
-    zero = jnp.zeros((), jnp.result_type(float))
-    if period == 1:
-        return jax.tree.map(lambda x: x[None], z0), zero[None]
+    n = jnp.asarray(period if num_points is None else num_points, jnp.int32)
 
-    def body(carry, j):
-        back, back_ld, front, front_ld = carry
-        go_back = j <= k
-        src = _where(go_back, back, front)
-        new, ld = signed_step(src, jnp.where(go_back, -1.0, 1.0))
-        back = _where(go_back, new, back)
-        front = _where(go_back, front, new)
-        back_ld = jnp.where(go_back, back_ld + ld, back_ld)
-        front_ld = jnp.where(go_back, front_ld, front_ld + ld)
-        return (back, back_ld, front, front_ld), (new, jnp.where(go_back, back_ld, front_ld))
+    def policy(c):
+        return jnp.where(c.nb < k, -1, jnp.where(c.nf < n - 1 - k, 1, 0))
 
-    js = jnp.arange(1, period, dtype=jnp.int32)
-    _, (outs, lds) = jax.lax.scan(body, (z0, zero, z0, zero), js)
-    # step j went to slot k - j (backward) or slot j (forward); gather slot s from step src(s)
-    allz = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), z0, outs)
-    all_ld = jnp.concatenate([zero[None], lds])
-    s = jnp.arange(period, dtype=jnp.int32)
-    src = jnp.where(s < k, k - s, jnp.where(s > k, s, 0))
-    return jax.tree.map(lambda x: x[src], allz), all_ld[src]
+    out = _grow(z0, signed_step, period, k, policy)
+    return out.points, out.logdets
+
+
+def contracting_window(
+    z0: ArrayTree,
+    signed_step: Callable[[ArrayTree, Array], tuple[ArrayTree, Array]],
+    logweight_fn: Callable[[ArrayTree], Array],
+    max_steps: int,
+    log_cutoff: float,
+) -> tuple[ArrayTree, Array, Array]:
+    """Integrate both ways from ``z0`` until the log weight falls below the running maximum minus
+    ``log_cutoff`` (or ``max_steps`` each way), then drop the points below the final maximum minus
+    ``log_cutoff``.
+
+    Args:
+        z0: the current point.
+        signed_step: see :func:`orbit_window`.
+        logweight_fn: $\\log\\pi(z)$ up to a constant.
+        max_steps: at most this many steps each way (static: the window has
+            ``2 * max_steps + 1`` slots, ``z0`` in the middle).
+        log_cutoff: relative log-weight cutoff.
+
+    Returns:
+        ``(points, log_weights, num_steps)``: log weights include the log-Jacobians, -inf for
+        dropped and unused slots; ``num_steps`` map applications were spent.
+    """
+
+    def stopped(lw, c):
+        return ~(lw >= c.max_lw - log_cutoff)
+
+    def policy(c):
+        back_open = (c.nb < max_steps) & ~stopped(c.back_lw, c)
+        front_open = (c.nf < max_steps) & ~stopped(c.front_lw, c)
+        go_back = back_open & ((c.nb <= c.nf) | ~front_open)
+        return jnp.where(go_back, -1, jnp.where(front_open, 1, 0))
+
+    out = _grow(z0, signed_step, 2 * max_steps + 1, max_steps, policy, logweight_fn)
+    logw = jnp.where(out.logw >= out.max_lw - log_cutoff, out.logw, -jnp.inf)
+    return out.points, logw, out.nb + out.nf
+
+
+def choose(
+    rng_key: PRNGKey, log_weights: Array, k: Array, rotation: float | None = None
+) -> tuple[Array, Array]:
+    """Draw the next slot from an orbit with unnormalized ``log_weights``, current slot ``k``.
+
+    Args:
+        rng_key: PRNG key.
+        log_weights: shape (P,), -inf allowed.
+        k: current slot.
+        rotation: None for independent sampling $j \\sim w$; $r \\in (0, 1)$ for the weight
+            rotation $Q_{kj} = |(\\mathrm{arc}_k + r) \\cap \\mathrm{arc}_j| / w_k$ (falls back
+            to independent sampling when $w_k = 0$).
+
+    Returns:
+        ``(j, transition)``: the chosen slot and the transition probabilities from ``k``.
+    """
+    logp = log_weights - jax.nn.logsumexp(log_weights)
+    w = jnp.exp(logp)
+    if rotation is None:
+        trans = w
+    else:
+        cum = jnp.concatenate([jnp.zeros((1,), w.dtype), jnp.cumsum(w)])
+        cum = cum / cum[-1]
+        lo, hi = cum[:-1], cum[1:]
+        a = cum[k] + rotation
+        b = a + (hi[k] - lo[k])
+        overlap = sum(
+            jnp.maximum(0.0, jnp.minimum(b - s, hi) - jnp.maximum(a - s, lo)) for s in (0.0, 1.0)
+        )
+        wk = hi[k] - lo[k]
+        trans = jnp.where(wk > 0, overlap / jnp.where(wk > 0, wk, 1.0), w)
+    j = jax.random.categorical(rng_key, jnp.log(trans))
+    return j.astype(jnp.int32), trans
 
 
 def orbital_step(
@@ -166,41 +306,52 @@ def orbital_step(
     signed_step: Callable,
     logweight_fn: Callable[[ArrayTree], Array],
     period: int,
-    mask_log_cutoff: float | None = None,
+    rotation: float | None = None,
+    num_points: Array | int | None = None,
 ) -> tuple[ArrayTree, Array, ArrayTree, Array, Array]:
-    """Build the orbit window of ``(z0, k)``, weight it, and sample a point.
+    """Build the orbit window of ``(z0, k)``, weight it, and choose a point.
 
     Args:
-        rng_key: PRNG key for the categorical choice.
+        rng_key: PRNG key for the choice.
         z0: current point.
         k: its slot in the window.
         signed_step: see :func:`orbit_window`.
         logweight_fn: $\\log \\pi(z)$ up to a constant (for HMC: log density minus kinetic energy).
-        period: window length P.
-        mask_log_cutoff: if set, drop points whose log weight is below the window maximum minus
-            this value (contracting orbits; truncation, see :func:`contracting_orbital_hmc`).
+        period: number of slots P (static).
+        rotation: see :func:`choose`.
+        num_points: window length $n \\le P$ (may be traced); default P.
 
     Returns:
-        the tuple ``(chosen_point, chosen_slot, points, log_weights, log_normalized_weights)``.
+        the tuple ``(chosen_point, chosen_slot, points, log_weights, transition)``.
     """
-    points, logdets = orbit_window(z0, k, signed_step, period)
+    points, logdets = orbit_window(z0, k, signed_step, period, num_points)
     logw = jax.vmap(logweight_fn)(points) + logdets
     logw = jnp.where(jnp.isfinite(logw), logw, -jnp.inf)
-    if mask_log_cutoff is not None:
-        logw = jnp.where(logw >= jnp.max(logw) - mask_log_cutoff, logw, -jnp.inf)
-    logp = logw - jax.nn.logsumexp(logw)
-    j = jax.random.categorical(rng_key, logp)
+    j, trans = choose(rng_key, logw, k, rotation)
     chosen = jax.tree.map(lambda x: x[j], points)
-    return chosen, j, points, logw, logp
+    return chosen, j, points, logw, trans
 
 
-def _acceptance(logw, k):
-    logw_k = logw[k]
-    others = jnp.arange(logw.shape[0]) != k
-    acc = jnp.exp(jnp.minimum(logw - logw_k, 0.0))
-    acc = jnp.where(jnp.isfinite(acc) & others, acc, 0.0)
-    n = jnp.maximum(jnp.sum(others), 1)
-    return jnp.sum(acc) / n
+def _info(logw, k, j, trans, points, num_grad_evals, valid=None):
+    """OrbitalInfo from the window's log weights (``valid``: slots in use)."""
+    finite = jnp.isfinite(logw)
+    valid = finite if valid is None else valid
+    others = valid & (jnp.arange(logw.shape[0]) != k)
+    acc = jnp.exp(jnp.minimum(logw - logw[k], 0.0))
+    acc = jnp.where(others & jnp.isfinite(acc), acc, 0.0)
+    acceptance = jnp.sum(acc) / jnp.maximum(jnp.sum(others), 1)
+    divergent = jnp.any(valid & ~(logw > logw[k] - DIVERGENCE_THRESHOLD))
+    return OrbitalInfo(
+        acceptance_rate=acceptance,
+        is_accepted=j != k,
+        is_divergent=divergent,
+        orbit=points,
+        weights=jnp.exp(logw - jax.nn.logsumexp(logw)),
+        log_weights=logw,
+        chosen=j,
+        num_grad_evals=jnp.asarray(num_grad_evals, jnp.int32),
+        transition=trans,
+    )
 
 
 def init(position: ArrayLikeTree, logdensity_fn: LogDensityFn) -> OrbitalState:
@@ -219,6 +370,7 @@ def init(position: ArrayLikeTree, logdensity_fn: LogDensityFn) -> OrbitalState:
 
 
 def _hamiltonian_parts(logdensity_fn, step_size, inverse_mass_matrix, friction=0.0):
+    """(metric, signed_step, logweight) for leapfrog, with friction $D_{\\epsilon/2} L D_{\\epsilon/2}$."""
     metric = metrics.default_metric(inverse_mass_matrix)
     integrator = integrators.velocity_verlet(logdensity_fn, metric.kinetic_energy)
 
@@ -241,26 +393,49 @@ def _hamiltonian_parts(logdensity_fn, step_size, inverse_mass_matrix, friction=0
     return metric, signed_step, logweight
 
 
+def _refresh(key, state, metric, alpha):
+    xi = metric.sample_momentum(key, state.position)
+    if alpha == 0.0:
+        return xi
+    c = jnp.sqrt(1.0 - alpha**2)
+    return jax.tree.map(lambda p, x: alpha * p + c * x, state.momentum, xi)
+
+
+def _check_rotation(rotation):
+    if rotation is not None and not 0.0 < float(rotation) < 1.0:
+        raise ValueError(
+            f"rotation must lie in (0, 1) (or be None for independent sampling), got {rotation!r}."
+        )
+    return None if rotation is None else float(rotation)
+
+
 def build_kernel(
-    index_shift: int | None = None, momentum_persistence: float = 0.0, period: int | None = None
+    index_shift: int | None = None,
+    momentum_persistence: float = 0.0,
+    period: int | None = None,
+    rotation: float | None = None,
 ) -> Callable[..., tuple[OrbitalState, OrbitalInfo]]:
     """Build the orbital HMC transition (BlackJAX ``build_kernel`` contract).
 
     Args:
-        index_shift: $c$ in the deterministic index shift $k \\leftarrow (j^* - c) \\bmod P$; ``None``
+        index_shift: $c$ in the deterministic index shift $k \\leftarrow (j^* - c) \\bmod n$; ``None``
             draws a uniformly random window offset every step instead (multinomial HMC).
         momentum_persistence: $\\alpha$ of the partial momentum refresh
             $p \\leftarrow \\alpha p + \\sqrt{1-\\alpha^2}\\xi$ (0: full refresh).
-        period: default window length P (static); fixing it here lets the kernel run inside
+        period: default number of slots P (static); fixing it here lets the kernel run inside
             ``blackjax.tempered_smc``, whose ``extend_params`` turns parameters into arrays.
+        rotation: orbit choice, see :func:`choose` (None: independent sampling).
 
     Returns:
-        ``kernel(rng_key, state, logdensity_fn, step_size, inverse_mass_matrix, period=None)``.
+        ``kernel(rng_key, state, logdensity_fn, step_size, inverse_mass_matrix, period=None,
+        num_points=None)``; ``num_points`` (may be traced, at most ``period``) shortens the
+        window.
     """
     default_period = period
     alpha = float(momentum_persistence)
     if not 0.0 <= alpha < 1.0:
         raise ValueError(f"momentum_persistence must be in [0, 1), got {alpha}.")
+    rotation = _check_rotation(rotation)
 
     def kernel(
         rng_key: PRNGKey,
@@ -269,51 +444,72 @@ def build_kernel(
         step_size: float,
         inverse_mass_matrix: Array,
         period: int | None = None,
-        friction: float = 0.0,
-        mask_log_cutoff: float | None = None,
-        centered: bool = False,
+        num_points: Array | int | None = None,
     ) -> tuple[OrbitalState, OrbitalInfo]:
         period = default_period if period is None else int(period)
         if period is None:
             raise ValueError("period is required (as a kernel argument or in build_kernel).")
+        n = jnp.asarray(period if num_points is None else num_points, jnp.int32)
         metric, signed_step, logweight = _hamiltonian_parts(
-            logdensity_fn, step_size, inverse_mass_matrix, friction
+            logdensity_fn, step_size, inverse_mass_matrix
         )
         key_mom, key_idx, key_choice = jax.random.split(rng_key, 3)
-        xi = metric.sample_momentum(key_mom, state.position)
-        if alpha == 0.0:
-            momentum = xi
+        momentum = _refresh(key_mom, state, metric, alpha)
+        if index_shift is None:
+            k = jax.random.randint(key_idx, (), 0, n, jnp.int32)
         else:
-            c = jnp.sqrt(1.0 - alpha**2)
-            momentum = jax.tree.map(lambda p, x: alpha * p + c * x, state.momentum, xi)
-        if centered:
-            k = jnp.asarray(period // 2, jnp.int32)
-        elif index_shift is None:
-            k = jax.random.randint(key_idx, (), 0, period, jnp.int32)
-        else:
-            k = state.index
+            k = jnp.minimum(state.index, n - 1)
         z0 = integrators.IntegratorState(
             state.position, momentum, state.logdensity, state.logdensity_grad
         )
-        z, j, points, logw, logp = orbital_step(
-            key_choice, z0, k, signed_step, logweight, period, mask_log_cutoff
+        z, j, points, logw, trans = orbital_step(
+            key_choice, z0, k, signed_step, logweight, period, rotation, n
         )
-        if index_shift is None or centered:
+        if index_shift is None:
             new_index = jnp.zeros((), jnp.int32)
         else:
-            new_index = jnp.mod(j - index_shift, period).astype(jnp.int32)
+            new_index = jnp.mod(j - index_shift, n).astype(jnp.int32)
         new_state = OrbitalState(z.position, z.momentum, z.logdensity, z.logdensity_grad, new_index)
-        divergent = jnp.any(~(logw > logw[k] - DIVERGENCE_THRESHOLD))
-        info = OrbitalInfo(
-            acceptance_rate=_acceptance(logw, k),
-            is_accepted=j != k,
-            is_divergent=divergent,
-            orbit=points,
-            weights=jnp.exp(logp),
-            log_weights=logw,
-            chosen=j,
-            num_grad_evals=jnp.asarray(period - 1, jnp.int32),
+        valid = jnp.arange(period) < n
+        return new_state, _info(logw, k, j, trans, points, n - 1, valid)
+
+    return kernel
+
+
+def build_contracting_kernel(
+    max_steps: int, log_cutoff: float = 20.0, rotation: float | None = None
+) -> Callable[..., tuple[OrbitalState, OrbitalInfo]]:
+    """Build the contracting orbital transition (leapfrog with friction, both ways).
+
+    Args:
+        max_steps: at most this many leapfrog steps each way (static).
+        log_cutoff: stop a direction once its log weight is below the running maximum minus
+            this, and drop the points below the final maximum minus this.
+        rotation: orbit choice, see :func:`choose`.
+
+    Returns:
+        ``kernel(rng_key, state, logdensity_fn, step_size, inverse_mass_matrix, friction)``.
+    """
+    rotation = _check_rotation(rotation)
+
+    def kernel(rng_key, state, logdensity_fn, step_size, inverse_mass_matrix, friction):
+        metric, signed_step, logweight = _hamiltonian_parts(
+            logdensity_fn, step_size, inverse_mass_matrix, friction
         )
+        key_mom, key_choice = jax.random.split(rng_key)
+        momentum = metric.sample_momentum(key_mom, state.position)
+        z0 = integrators.IntegratorState(
+            state.position, momentum, state.logdensity, state.logdensity_grad
+        )
+        points, logw, num_steps = contracting_window(
+            z0, signed_step, logweight, max_steps, log_cutoff
+        )
+        j, trans = choose(key_choice, logw, max_steps, rotation)
+        z = jax.tree.map(lambda x: x[j], points)
+        new_state = OrbitalState(
+            z.position, z.momentum, z.logdensity, z.logdensity_grad, jnp.zeros((), jnp.int32)
+        )
+        info = _info(logw, max_steps, j, trans, points, num_steps, jnp.isfinite(logw))
         return new_state, info
 
     return kernel
@@ -326,9 +522,12 @@ def _check(step_size, period):
         raise ValueError(f"step_size must be positive, got {step_size!r}.")
 
 
-def _top_level(logdensity_fn, kernel, init_fn=init, **params) -> SamplingAlgorithm:
-    def init_fn_(position: ArrayLikeTree, rng_key=None) -> OrbitalState:
-        state = init_fn(position, logdensity_fn)
+def _top_level(logdensity_fn, kernel, inverse_mass_matrix, **params) -> SamplingAlgorithm:
+    def init_fn(position: ArrayLikeTree, rng_key=None) -> OrbitalState:
+        del rng_key
+        check_position(position)
+        check_mass_matrix(position, inverse_mass_matrix)
+        state = init(position, logdensity_fn)
         if not isinstance(state.logdensity, jax.core.Tracer) and not bool(
             jnp.all(jnp.isfinite(state.logdensity))
         ):
@@ -339,9 +538,11 @@ def _top_level(logdensity_fn, kernel, init_fn=init, **params) -> SamplingAlgorit
         return state
 
     def step_fn(rng_key: PRNGKey, state: OrbitalState):
-        return kernel(rng_key, state, logdensity_fn, **params)
+        return kernel(
+            rng_key, state, logdensity_fn, inverse_mass_matrix=inverse_mass_matrix, **params
+        )
 
-    return SamplingAlgorithm(init_fn_, step_fn)
+    return SamplingAlgorithm(init_fn, step_fn)
 
 
 def orbital_hmc(
@@ -352,8 +553,10 @@ def orbital_hmc(
     *,
     index_shift: int | None = None,
     momentum_persistence: float = 0.0,
+    rotation: float | None = None,
+    num_points: Array | int | None = None,
 ) -> SamplingAlgorithm:
-    """Orbital HMC: leapfrog orbits of length ``period`` with a deterministic index shift.
+    """Orbital HMC: leapfrog orbits of ``period`` points with a deterministic index shift.
 
     Args:
         logdensity_fn: log density of the target (pytree -> scalar).
@@ -362,24 +565,34 @@ def orbital_hmc(
         period: orbit window length P (P - 1 gradients per step).
         index_shift: $c$ of the shift $k \\leftarrow (j^*-c) \\bmod P$; default ``P // 2``.
         momentum_persistence: $\\alpha$ of the partial momentum refresh (0: full refresh).
+        rotation: orbit choice, see :func:`choose` (None: independent sampling).
+        num_points: use only the first $n \\le P$ slots (may be traced).
 
     Returns:
         a ``blackjax.base.SamplingAlgorithm`` with ``.init(position)`` and ``.step(key, state)``.
     """
     _check(step_size, period)
     shift = period // 2 if index_shift is None else int(index_shift)
-    kernel = build_kernel(index_shift=shift, momentum_persistence=momentum_persistence)
+    kernel = build_kernel(
+        index_shift=shift, momentum_persistence=momentum_persistence, rotation=rotation
+    )
     return _top_level(
         logdensity_fn,
         kernel,
+        inverse_mass_matrix,
         step_size=step_size,
-        inverse_mass_matrix=inverse_mass_matrix,
         period=int(period),
+        num_points=num_points,
     )
 
 
 def multinomial_hmc(
-    logdensity_fn: LogDensityFn, step_size: float, inverse_mass_matrix: Array, num_steps: int
+    logdensity_fn: LogDensityFn,
+    step_size: float,
+    inverse_mass_matrix: Array,
+    num_steps: int,
+    *,
+    rotation: float | None = None,
 ) -> SamplingAlgorithm:
     """Multinomial HMC over a trajectory of ``num_steps`` leapfrog steps with a random offset.
 
@@ -393,17 +606,18 @@ def multinomial_hmc(
         step_size: leapfrog step size.
         inverse_mass_matrix: diagonal or dense inverse mass matrix.
         num_steps: number of leapfrog steps L (the window has L + 1 points, L gradients).
+        rotation: orbit choice, see :func:`choose` (None: independent sampling).
 
     Returns:
         a ``blackjax.base.SamplingAlgorithm``.
     """
     _check(step_size, num_steps + 1)
-    kernel = build_kernel(index_shift=None)
+    kernel = build_kernel(index_shift=None, rotation=rotation)
     return _top_level(
         logdensity_fn,
         kernel,
+        inverse_mass_matrix,
         step_size=step_size,
-        inverse_mass_matrix=inverse_mass_matrix,
         period=int(num_steps) + 1,
     )
 
@@ -419,18 +633,21 @@ def contracting_orbital_hmc(
     """Contracting orbital kernel: leapfrog with friction, integrated both ways.
 
     The map $T = D_{\\epsilon/2} L_\\epsilon D_{\\epsilon/2}$, $D_t(p) = e^{-\\gamma t} p$, has
-    $\\log|\\det J_T| = -\\gamma\\epsilon d$; the orbit weights $\\pi(T^m z)|\\det J_{T^m}|$ decay in both
-    directions. The window holds ``max_steps`` points each way around the current point
-    (``2 * max_steps`` gradients, static shapes) and points with log weight below the maximum minus
-    ``log_cutoff`` are masked out. The kernel is exact on the infinite orbit; the truncation
-    leaves out at most the mass beyond the window (check ``info.log_weights`` at the ends).
+    $\\log|\\det J_T| = -\\gamma\\epsilon d$; along the orbit the weights
+    $\\pi(T^m z)|\\det J_{T^m}|$ decay both ways (energy dissipates forward and the volume
+    shrinks; backward the energy grows). Each direction is integrated until its log weight falls
+    below the running maximum minus ``log_cutoff`` (at most ``max_steps``), and the points below
+    the final maximum minus ``log_cutoff`` are dropped, so the kept set does not depend on where
+    the orbit was entered when the weights are unimodal along it. The kernel is exact on the
+    infinite orbit; the truncation moves at most the orbit mass below the cutoff (a fraction of
+    order $e^{-\\text{cutoff}}$) per step. ``info.num_grad_evals`` counts the steps taken.
 
     Args:
         logdensity_fn: log density of the target.
         step_size: leapfrog step size.
         inverse_mass_matrix: diagonal or dense inverse mass matrix.
         friction: $\\gamma > 0$.
-        max_steps: steps each way.
+        max_steps: at most this many steps each way (the window has ``2 * max_steps + 1`` slots).
         log_cutoff: relative log-weight cutoff.
 
     Returns:
@@ -439,16 +656,11 @@ def contracting_orbital_hmc(
     _check(step_size, max_steps)
     if not friction > 0:
         raise ValueError(f"friction must be positive, got {friction}.")
-    kernel = build_kernel(index_shift=None)
+    if not log_cutoff > 0:
+        raise ValueError(f"log_cutoff must be positive, got {log_cutoff}.")
+    kernel = build_contracting_kernel(int(max_steps), float(log_cutoff))
     return _top_level(
-        logdensity_fn,
-        kernel,
-        step_size=step_size,
-        inverse_mass_matrix=inverse_mass_matrix,
-        period=2 * int(max_steps) + 1,
-        friction=float(friction),
-        mask_log_cutoff=float(log_cutoff),
-        centered=True,
+        logdensity_fn, kernel, inverse_mass_matrix, step_size=step_size, friction=float(friction)
     )
 
 
@@ -465,12 +677,14 @@ def periodic_orbital(
     inverse: Callable[[ArrayTree], tuple[ArrayTree, Array]],
     period: int,
     index_shift: int | None = None,
+    rotation: float | None = None,
 ) -> SamplingAlgorithm:
     """Orbital kernel for any bijection $T$ that reports its log |det J|.
 
-    Samples from the window $\\{T^{j-k} z\\}$ with weights $\\pi(T^{j-k}z)|\\det J_{T^{j-k}}(z)|$
-    (eq. 7 of arXiv 2010.08047), then shifts the slot deterministically (``index_shift``) or draws
-    it uniformly (``None``). ``info`` holds the whole orbit and its normalized weights.
+    Chooses from the window $\\{T^{j-k} z\\}$ with weights $\\pi(T^{j-k}z)|\\det J_{T^{j-k}}(z)|$
+    (arXiv 2010.08047, Sec. 3), then shifts the slot deterministically (``index_shift``) or
+    draws it uniformly (``None``). ``info`` holds the whole orbit, its normalized weights and
+    the transition probabilities from the current slot.
 
     Args:
         logdensity_fn: log density (w.r.t. the measure that $T$'s Jacobian refers to).
@@ -478,11 +692,13 @@ def periodic_orbital(
         inverse: ``T^{-1}(z) -> (z', log|det J_{T^{-1}}(z)|)``.
         period: window length P.
         index_shift: see :func:`build_kernel`.
+        rotation: orbit choice, see :func:`choose` (None: independent sampling).
 
     Returns:
         a ``SamplingAlgorithm`` over :class:`PeriodicState`.
     """
     _check(1.0, period)
+    rotation = _check_rotation(rotation)
 
     def signed_step(z, d):
         return jax.lax.cond(d > 0, bijection, inverse, z)
@@ -496,25 +712,15 @@ def periodic_orbital(
             k = jax.random.randint(key_idx, (), 0, period, jnp.int32)
         else:
             k = state.index
-        z, j, points, logw, logp = orbital_step(
-            key_choice, state.position, k, signed_step, logdensity_fn, period
+        z, j, points, logw, trans = orbital_step(
+            key_choice, state.position, k, signed_step, logdensity_fn, period, rotation
         )
         new_index = (
             jnp.zeros((), jnp.int32)
             if index_shift is None
             else jnp.mod(j - index_shift, period).astype(jnp.int32)
         )
-        info = OrbitalInfo(
-            acceptance_rate=_acceptance(logw, k),
-            is_accepted=j != k,
-            is_divergent=jnp.any(~jnp.isfinite(logw)),
-            orbit=points,
-            weights=jnp.exp(logp),
-            log_weights=logw,
-            chosen=j,
-            num_grad_evals=jnp.asarray(0, jnp.int32),
-        )
-        return PeriodicState(z, new_index), info
+        return PeriodicState(z, new_index), _info(logw, k, j, trans, points, period - 1)
 
     return SamplingAlgorithm(init_fn, step_fn)
 
@@ -542,4 +748,4 @@ def rao_blackwell(
         pos = getattr(orbit, "position", orbit)
     vals = jax.vmap(fn)(pos)
     w = info.weights.reshape((-1,) + (1,) * (vals.ndim - 1))
-    return jnp.sum(w * vals, axis=0)
+    return jnp.sum(jnp.where(w > 0, w * vals, 0.0), axis=0)

@@ -7,7 +7,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from blackjax.mcmc import integrators, metrics
 from blackjax.smc import extend_params, resampling
 
 import kernels.orbital as orb
@@ -18,50 +17,119 @@ PERM = np.array([1, 2, 3, 0, 5, 6, 4])  # cycles of length 4 and 3
 LOGPI = np.log(np.array([0.05, 0.3, 0.1, 0.15, 0.2, 0.12, 0.08]))
 
 
-def _finite_kernel(period, shift):
+def _finite_kernel(period, shift, rotation=None):
     perm = jnp.asarray(PERM, jnp.int32)
     inv = jnp.asarray(np.argsort(PERM), jnp.int32)
     logpi = jnp.asarray(LOGPI)
-    return orb.periodic_orbital(
+    alg = orb.periodic_orbital(
         lambda z: logpi[z],
         lambda z: (perm[z], jnp.zeros(())),
         lambda z: (inv[z], jnp.zeros(())),
         period,
         index_shift=shift,
+        rotation=rotation,
     )
+    return alg
 
 
-@pytest.mark.parametrize("period,shift", [(5, 2), (3, 1), (6, 0)])
-def test_periodic_orbital_exact_invariance(period, shift):
-    """pi P = pi on the extended space (z, k), from the weights that step itself computes."""
+def _transition_matrix(period, shift, rotation):
+    """Exact transition matrix on (z, k) assembled from step's own info.orbit / info.transition."""
+    step = jax.jit(_finite_kernel(period, 0 if shift is None else shift, rotation).step)
+    n = N_STATES * period
+    P = np.zeros((n, n))
+    for z in range(N_STATES):
+        for k in range(period):
+            state = orb.PeriodicState(jnp.asarray(z, jnp.int32), jnp.asarray(k, jnp.int32))
+            _, info = step(jax.random.key(0), state)
+            pts, q = np.asarray(info.orbit), np.asarray(info.transition)
+            assert pts[k] == z
+            np.testing.assert_allclose(q.sum(), 1.0, atol=1e-12)
+            for j in range(period):
+                P[z * period + k, pts[j] * period + (j - (shift or 0)) % period] += q[j]
+    return P
+
+
+@pytest.mark.parametrize("rotation", [None, 0.5, 0.3])
+@pytest.mark.parametrize("period,shift", [(5, 2), (3, 1), (6, 0), (4, None)])
+def test_periodic_orbital_exact_invariance(period, shift, rotation):
+    """pi P = pi on the extended space (z, k); for the random offset (shift None) the slot is
+    redrawn uniformly, so the chain on z is the average over k of the fixed-slot kernels."""
     with jax.enable_x64(True):
-        alg = _finite_kernel(period, shift)
-        step = jax.jit(alg.step)
-        n = N_STATES * period
-        P = np.zeros((n, n))
-        for z in range(N_STATES):
-            for k in range(period):
-                state = orb.PeriodicState(jnp.asarray(z, jnp.int32), jnp.asarray(k, jnp.int32))
-                _, info = step(jax.random.key(0), state)
-                pts, w = np.asarray(info.orbit), np.asarray(info.weights)
-                assert pts[k] == z
-                for j in range(period):
-                    P[z * period + k, pts[j] * period + (j - shift) % period] += w[j]
+        P = _transition_matrix(period, shift, rotation)
         pi = np.repeat(np.exp(LOGPI), period) / period
+        if shift is None:
+            P = P.reshape(N_STATES, period, N_STATES, period).sum(3).mean(1)
+            pi = np.exp(LOGPI)
         np.testing.assert_allclose(P.sum(1), 1.0, atol=1e-12)
         np.testing.assert_allclose(pi @ P, pi, atol=1e-10)
 
 
-def test_periodic_orbital_samples_match_weights():
-    """The sampled index follows info.weights (chi-square style z-score per cell)."""
-    alg = _finite_kernel(5, 2)
+@pytest.mark.parametrize("rotation", [0.5, 0.17])
+def test_rotation_preserves_weights_exactly(rotation):
+    """sum_k w_k Q_kj = w_j and rows of Q sum to 1, zero weights included (float64)."""
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(3)
+        for _ in range(20):
+            logw = np.log(rng.dirichlet(np.ones(9) * 0.7))
+            logw[rng.integers(0, 9, 2)] = -np.inf
+            logw = jnp.asarray(logw)
+            Q = np.stack(
+                [np.asarray(orb.choose(jax.random.key(0), logw, k, rotation)[1]) for k in range(9)]
+            )
+            w = np.exp(np.asarray(logw))
+            w /= w.sum()
+            np.testing.assert_allclose(Q.sum(1), 1.0, atol=1e-12)
+            np.testing.assert_allclose(w @ Q, w, atol=1e-12)
+            # from a positive-weight slot, never to the slots of zero weight
+            assert np.all(Q[w > 0][:, w == 0] == 0)
+
+
+def test_rotation_half_moves_half_the_orbit():
+    """Equal weights, r = 1/2: always P/2 slots away (cyclically)."""
+    for k in range(8):
+        j, q = orb.choose(jax.random.key(k), jnp.zeros(8), k, 0.5)
+        assert int(j) == (k + 4) % 8
+        np.testing.assert_allclose(np.asarray(q), np.eye(8)[(k + 4) % 8], atol=1e-6)
+
+
+@pytest.mark.parametrize("rotation", [None, 0.5])
+def test_periodic_orbital_samples_match_transition(rotation):
+    """The sampled index follows info.transition (z-score per cell)."""
+    alg = _finite_kernel(5, 2, rotation)
     state = orb.PeriodicState(jnp.asarray(1, jnp.int32), jnp.asarray(2, jnp.int32))
     keys = jax.random.split(jax.random.key(1), 20000)
     _, info = jax.vmap(alg.step, in_axes=(0, None))(keys, state)
     freq = np.bincount(np.asarray(info.chosen), minlength=5) / len(keys)
-    w = np.asarray(info.weights[0])
-    se = np.sqrt(w * (1 - w) / len(keys))
-    assert np.all(np.abs(freq - w) < 4 * se + 1e-12)  # z-score < 4 per cell
+    q = np.asarray(info.transition[0])
+    if rotation is None:
+        np.testing.assert_allclose(q, np.asarray(info.weights[0]), rtol=1e-6)
+    se = np.sqrt(q * (1 - q) / len(keys))
+    assert np.all(np.abs(freq - q) < 4 * se + 1e-12)  # z-score < 4 per cell
+
+
+def test_orbit_window_num_points():
+    """A traced window length n < P: slots j < n hold T^(j-k) z, the others weight 0."""
+    perm = jnp.asarray(PERM, jnp.int32)
+    inv = jnp.asarray(np.argsort(PERM), jnp.int32)
+
+    def signed_step(z, d):
+        return jnp.where(d > 0, perm[z], inv[z]), jnp.zeros(())
+
+    @jax.jit
+    def window(k, n):
+        return orb.orbit_window(jnp.asarray(4, jnp.int32), k, signed_step, 7, n)
+
+    for n in (1, 3, 7):
+        for k in range(n):
+            pts, lds = window(k, n)
+            z = 4
+            for _ in range(k):  # T^(-k) z
+                z = int(np.argsort(PERM)[z])
+            for j in range(n):
+                assert int(pts[j]) == z, (n, k, j)
+                z = int(PERM[z])
+            assert np.all(np.isfinite(np.asarray(lds[:n])))
+            assert np.all(np.asarray(lds[n:]) == -np.inf)
 
 
 # --------------------------------------------------------------------------- continuous targets
@@ -121,19 +189,48 @@ def _gauss_runs():
         orb.multinomial_hmc(gauss_logdensity, 0.35, imm, 5), jax.random.key(3), init
     )
     out["contracting"] = _run_chains(
-        orb.contracting_orbital_hmc(gauss_logdensity, 0.3, imm, friction=0.3, max_steps=12),
+        orb.contracting_orbital_hmc(gauss_logdensity, 0.3, imm, friction=1.0, max_steps=40),
         jax.random.key(4),
+        init,
+    )
+    out["multinomial_rotation"] = _run_chains(
+        orb.multinomial_hmc(gauss_logdensity, 0.35, imm, 5, rotation=0.5), jax.random.key(8), init
+    )
+    out["orbital_rotation"] = _run_chains(
+        orb.orbital_hmc(
+            gauss_logdensity, 0.35, imm, 8, rotation=0.5, momentum_persistence=0.5, num_points=6
+        ),
+        jax.random.key(9),
         init,
     )
     return out
 
 
-@pytest.mark.parametrize("name", ["orbital", "multinomial", "contracting"])
+NAMES = ["orbital", "multinomial", "contracting", "multinomial_rotation", "orbital_rotation"]
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_gaussian_moments(name):
     xs, acc = _gauss_runs()[name]
     assert np.all(np.isfinite(np.asarray(xs)))
-    assert 0.3 < float(np.mean(acc)) <= 1.0
+    if name != "contracting":  # contracting orbits have unequal weights by construction
+        assert 0.3 < float(np.mean(acc)) <= 1.0
     _check_moments(xs, MEAN, np.diag(COV))
+
+
+def test_contracting_stops_both_ways_before_max_steps():
+    """Friction 1: the weights fall 20 below their maximum both ways well within 40 steps; the
+    window's end slots stay unused and the step count varies from orbit to orbit."""
+    alg = orb.contracting_orbital_hmc(gauss_logdensity, 0.3, jnp.ones(DIM), 1.0, max_steps=40)
+    keys = jax.random.split(jax.random.key(10), 64)
+    _, info = jax.jit(jax.vmap(alg.step, in_axes=(0, None)))(keys, alg.init(jnp.asarray(MEAN)))
+    logw = np.asarray(info.log_weights)
+    assert np.all(logw[:, 0] == -np.inf) and np.all(logw[:, -1] == -np.inf)
+    kept = np.isfinite(logw)
+    assert np.all(kept.sum(1) >= 5)
+    steps = np.asarray(info.num_grad_evals)
+    assert np.all(steps < 80) and steps.min() < steps.max()
+    np.testing.assert_allclose(np.asarray(info.weights).sum(1), 1.0, rtol=1e-5)
 
 
 def banana_logdensity(x):
@@ -188,31 +285,10 @@ def test_offset_minus_1e4_float32_vs_blackjax():
 
 
 # --------------------------------------------------------------------------- random offset matters
-def _forward_only(logdensity_fn, step_size, num_steps):
-    """Multinomial sampling from the forward trajectory {T^j z}_{j=0}^{L} (current point first)."""
-    metric = metrics.default_metric(jnp.ones(1))
-    integ = integrators.velocity_verlet(logdensity_fn, metric.kinetic_energy)
-
-    def signed_step(z, d):
-        return integ(z, d * step_size), jnp.zeros(())
-
-    def logweight(z):
-        return z.logdensity - metric.kinetic_energy(z.momentum)
-
-    def step(key, state):
-        k1, k2 = jax.random.split(key)
-        p = metric.sample_momentum(k1, state.position)
-        z0 = integrators.IntegratorState(state.position, p, state.logdensity, state.logdensity_grad)
-        z, *_ = orb.orbital_step(k2, z0, 0, signed_step, logweight, num_steps + 1)
-        return state._replace(
-            position=z.position, logdensity=z.logdensity, logdensity_grad=z.logdensity_grad
-        ), orb.OrbitalInfo(*([jnp.zeros(())] * 8))
-
-    return blackjax.base.SamplingAlgorithm(lambda x: orb.init(x, logdensity_fn), step)
-
-
-def test_multinomial_random_offset_unbiased_forward_only_biased():
-    """1-d N(0, 1), large step (energy error): variance is 1 with the random offset only."""
+@pytest.mark.parametrize("rotation", [None, 0.5])
+def test_multinomial_random_offset_unbiased_blackjax_mhmc_biased(rotation):
+    """1-d N(0, 1), large step (energy error), L = 3: the variance is 1 with the random window
+    offset; BlackJAX's ``mhmc`` (current point first, forward trajectory) is biased."""
 
     def logdensity(x):
         return -0.5 * jnp.sum(x**2)
@@ -220,16 +296,24 @@ def test_multinomial_random_offset_unbiased_forward_only_biased():
     eps, L = 1.3, 3
     init = jnp.asarray(RNG.normal(size=(1024, 1)))
     ours, _ = _run_chains(
-        orb.multinomial_hmc(logdensity, eps, jnp.ones(1), L), jax.random.key(6), init, 400
+        orb.multinomial_hmc(logdensity, eps, jnp.ones(1), L, rotation=rotation),
+        jax.random.key(6),
+        init,
+        400,
     )
-    fwd, _ = _run_chains(_forward_only(logdensity, eps, L), jax.random.key(6), init, 400)
+    theirs, _ = _run_chains(
+        blackjax.mhmc(logdensity, eps, jnp.ones(1), num_integration_steps=L),
+        jax.random.key(6),
+        init,
+        400,
+    )
 
     def z_of(xs):
         v = (np.asarray(xs)[:, 100:, 0] ** 2).mean(1)
         return (v.mean() - 1.0) / (v.std(ddof=1) / np.sqrt(len(v)))
 
     assert abs(z_of(ours)) < 4  # z-score
-    assert abs(z_of(fwd)) > 6  # forward-only: bias far beyond Monte Carlo error
+    assert abs(z_of(theirs)) > 6  # BlackJAX mhmc: bias far beyond the Monte Carlo error
 
 
 # --------------------------------------------------------------------------- SMC and errors
