@@ -19,10 +19,25 @@ optimum $d^*(x, x') = \frac{p(x)q(x'\mid x)}{p(x)q(x'\mid x) + p(x')q(x\mid x')}
 $\operatorname{logit} d(x, x') = f(x, x') - f(x', x)$, so $d(x', x) = 1 - d(x, x')$ holds by
 construction and the learned MH ratio is $r(x, x') = f(x', x) - f(x, x')$.
 
-**Total-variation bound.** The stationary distribution $t_\infty$ of the chain driven by $d$
-satisfies a bound of the form $\|t_\infty - p\|_{TV} \le \sqrt{2\,(L(d) - L(d^*))}$ (see
-``tv_bound``; $L(d^*) \ge 0$ is unknown, so the reported value uses the loss itself unless a lower
-bound on $L(d^*)$ is supplied, and is clipped to 1).
+**Total-variation bound.** Write $a(x, x') = p(x)q(x' \mid x)$, $b(x, x') = a(x', x)$ and
+$d(x, x') = \sigma(-r(x, x'))$ for the pair discriminator implied by any MH log ratio $r$
+(independent case: $r(x, x') = r(x') - r(x)$), and the paper's pair loss
+$L(d) = -\mathbb{E}_a[\log d(x, x') + \log(1 - d(x', x))]$, minimised by
+$d^* = a / (a + b)$. If the learned kernel $\hat T$ has Dobrushin contraction coefficient $\rho$,
+its stationary law $t_\infty$ satisfies
+
+$$\|t_\infty - p\|_{TV} \le \frac{\|p\hat T - pT\|_{TV}}{1 - \rho}
+\le \frac{2\sqrt{L(d) - L(d^*)}}{1 - \rho}$$
+
+(perturbation of the exact kernel $T$, then $a|\hat\alpha - \alpha| \le 2(a + b)|d - d^*|$
+pointwise, then Pinsker's inequality on $L(d) - L(d^*) = \int (a + b)\,
+\mathrm{KL}(\mathrm{Bern}(d^*)\,\|\,\mathrm{Bern}(d))$): the discriminator's excess loss bounds
+the error of the chain, as in the paper's theorem, here with explicit constants. For independent
+proposals $\rho \le 1 - 1/M$ with $M = \sup_x t_\infty(x)/q(x) = \sup e^{r} / \mathbb{E}_q e^{r}$
+(Doeblin), estimated from samples by ``independent_contraction``. $L(d^*)$ is unknown when $p$ and
+$q$ are: ``tv_bound`` takes a lower bound $L_\star \le L(d^*)$ (default $0$, always valid but
+then the bound is usually 1); with densities at hand (a synthetic check) $L(d^*)$ follows from
+``pair_loss_terms`` with the exact ratio.
 
 **Exact path.** With the exact ratio supplied as ``log_ratio`` the chain is an exact MH chain.
 """
@@ -53,6 +68,8 @@ __all__ = [
     "independent",
     "markov",
     "fit_discriminator",
+    "pair_loss_terms",
+    "independent_contraction",
     "tv_bound",
     "energy_distance",
 ]
@@ -249,13 +266,26 @@ class DiscriminatorFit(NamedTuple):
         log_ratio: the learned log ratio, ``x -> r(x)`` (independent) or
             ``(x, x') -> r(x, x')`` (Markov); plug into ``independent`` / ``markov``.
         loss_history: training loss per step, shape (num_steps,).
-        loss: the discriminator loss L(d) on a fresh evaluation batch.
-        tv_bound: the total-variation bound computed from ``loss`` (see ``tv_bound``).
+        loss: the training objective on held-out target samples and fresh proposals.
+        pair_loss: the paper's pair loss $L(d)$ of the learned ratio on held-out pairs
+            (``pair_loss_terms``); equals ``loss`` in expectation for Markov proposals.
+        pair_loss_se: Monte Carlo standard error of ``pair_loss``.
+        excess_loss: the upper confidence value (estimate + 2 standard errors) of
+            $L(d) - L_\\star$ that enters the bound: $L_\\star$ = ``loss_optimal``, or
+            $L(d^*)$ estimated on the same pairs when ``exact_log_ratio`` is given.
+        contraction: the contraction coefficient $\\rho$ used in the bound (estimated by
+            ``independent_contraction`` for independent proposals unless given).
+        tv_bound: ``tv_bound(excess_loss, 0, contraction)``, the total-variation bound on the
+            chain's stationary law.
     """
 
     log_ratio: Callable
     loss_history: Array
     loss: Array
+    pair_loss: Array
+    pair_loss_se: Array
+    excess_loss: Array
+    contraction: Array
     tv_bound: Array
 
 
@@ -273,21 +303,85 @@ class _MLP(nnx.Module):
         return self.out(x)[..., 0]
 
 
-def tv_bound(loss: ArrayLike, loss_optimal: ArrayLike = 0.0) -> Array:
-    r"""Total-variation bound from the discriminator loss.
+def pair_loss_terms(
+    log_ratio: Callable, x: ArrayLike, x_proposed: ArrayLike, *, markov: bool = False
+) -> Array:
+    r"""Per-pair terms of the paper's pair loss for an MH log ratio.
 
-    $\min\{1, \sqrt{2\,(L(d) - L_\star)}\}$ with $L_\star \le L(d^*)$ a lower bound on the
-    optimal loss (default 0, always valid since the cross-entropy loss is non-negative).
+    With $d(x, x') = \sigma(-r(x, x'))$ the term is
+    $-\log d(x, x') - \log(1 - d(x', x)) = \mathrm{softplus}(r(x, x')) + \mathrm{softplus}(-r(x', x))$;
+    its mean over $x \sim p$, $x' \sim q(\cdot \mid x)$ is $L(d)$, minimised by the exact ratio.
+    Pass the exact ratio to get $L(d^*)$ (a synthetic check with known densities); the mean
+    difference of two calls on the same pairs estimates the excess loss with a small variance.
 
     Args:
-        loss: the discriminator loss L(d).
-        loss_optimal: a lower bound on L(d*).
+        log_ratio: ``x -> r(x)`` (independent; $r(x, x') = r(x') - r(x)$) or
+            ``(x, x') -> r(x, x')`` (Markov).
+        x: target samples, shape (n, dim).
+        x_proposed: proposals, shape (n, dim): independent draws of $q$, or
+            $x'_i \sim q(\cdot \mid x_i)$ for Markov proposals.
+        markov: whether ``log_ratio`` takes pairs.
+
+    Returns:
+        The n terms, shape (n,).
+    """
+    x, xp = jnp.asarray(x), jnp.asarray(x_proposed)
+    if markov:
+        r = jax.vmap(log_ratio)(x, xp)
+        r_reverse = jax.vmap(log_ratio)(xp, x)
+    else:
+        r = jax.vmap(log_ratio)(xp) - jax.vmap(log_ratio)(x)
+        r_reverse = -r
+    return jax.nn.softplus(r) + jax.nn.softplus(-r_reverse)
+
+
+def independent_contraction(
+    log_ratio: Callable, proposal_samples: ArrayLike, points: ArrayLike | None = None
+) -> Array:
+    r"""Estimated Dobrushin coefficient of the independent chain with log ratio $r$.
+
+    The chain is exact MH for $t_\infty \propto q e^{r}$ with proposal $q$, so its kernel is at
+    least $t_\infty / M$ with $M = \sup e^{r} / \mathbb{E}_q e^{r}$ (Doeblin) and
+    $\rho \le 1 - 1/M$. $\mathbb{E}_q e^{r}$ is the mean over ``proposal_samples`` and the
+    supremum the maximum over them and ``points`` (e.g. the target samples): an estimate, not a
+    guarantee, of the supremum.
+
+    Args:
+        log_ratio: ``x -> r(x)``.
+        proposal_samples: draws of $q$, shape (n, dim).
+        points: further points of the support where $r$ may peak, shape (m, dim).
+
+    Returns:
+        $1 - 1/\hat M$, a scalar in $[0, 1)$.
+    """
+    r_q = jax.vmap(log_ratio)(jnp.asarray(proposal_samples))
+    r_max = jnp.max(r_q)
+    if points is not None:
+        r_max = jnp.maximum(r_max, jnp.max(jax.vmap(log_ratio)(jnp.asarray(points))))
+    log_mean = jax.scipy.special.logsumexp(r_q) - jnp.log(r_q.shape[0])
+    return 1.0 - jnp.exp(log_mean - r_max)
+
+
+def tv_bound(loss: ArrayLike, loss_optimal: ArrayLike = 0.0, contraction: ArrayLike = 0.0) -> Array:
+    r"""Total-variation bound on the chain's stationary law from the discriminator's pair loss.
+
+    $\|t_\infty - p\|_{TV} \le \min\{1, 2\sqrt{L(d) - L_\star} / (1 - \rho)\}$ with
+    $L_\star \le L(d^*)$ a lower bound on the optimal pair loss and $\rho$ the chain's
+    contraction coefficient (module docstring). $L_\star = 0$ is always valid but usually leaves
+    the bound at 1; $\rho = 1$ (no contraction known) gives 1.
+
+    Args:
+        loss: the pair loss $L(d)$ (``pair_loss_terms`` mean), or an upper confidence value.
+        loss_optimal: $L_\star$, a lower bound on $L(d^*)$.
+        contraction: $\rho \in [0, 1]$.
 
     Returns:
         The bound, a scalar in [0, 1].
     """
     excess = jnp.maximum(jnp.asarray(loss) - loss_optimal, 0.0)
-    return jnp.minimum(1.0, jnp.sqrt(2.0 * excess))
+    gap = 1.0 - jnp.asarray(contraction)
+    bound = jnp.where(gap > 0, 2.0 * jnp.sqrt(excess) / jnp.where(gap > 0, gap, 1.0), 1.0)
+    return jnp.minimum(1.0, bound)
 
 
 def _check_target(target_samples) -> np.ndarray:
@@ -317,9 +411,19 @@ def fit_discriminator(
     batch_size: int = 256,
     hidden: Sequence[int] = (64, 64),
     learning_rate: float = 3e-3,
+    holdout: float = 0.2,
+    num_eval: int = 65536,
     loss_optimal: float = 0.0,
+    contraction: float | None = None,
+    exact_log_ratio: Callable | None = None,
 ) -> DiscriminatorFit:
-    """Train the discriminator of implicit MH (paper's loss) with optax, in one jitted scan.
+    """Train the discriminator of implicit MH with optax in one jitted scan, report its TV bound.
+
+    Independent proposals: $d(x) = \\sigma(f(x))$ trained with
+    $-\\mathbb{E}_p\\log d - \\mathbb{E}_q\\log(1 - d)$, log ratio $r = f$. Markov proposals:
+    the pair loss with $\\operatorname{logit} d(x, x') = f(x, x') - f(x', x)$. A fraction
+    ``holdout`` of the target samples is kept out of training; the reported losses, the bound
+    and the contraction estimate use them and fresh proposals.
 
     Args:
         key: PRNG key.
@@ -330,15 +434,37 @@ def fit_discriminator(
         batch_size: target (and proposal) samples per step.
         hidden: hidden layer widths of the MLP.
         learning_rate: Adam learning rate.
-        loss_optimal: lower bound on the optimal loss L(d*) passed to ``tv_bound``.
+        holdout: fraction of the target samples held out for evaluation (0: evaluate on the
+            training samples, optimistic).
+        num_eval: evaluation pairs.
+        loss_optimal: lower bound $L_\\star$ on the optimal pair loss, passed to ``tv_bound``.
+        contraction: contraction coefficient $\\rho$ for ``tv_bound``; by default estimated by
+            ``independent_contraction`` for independent proposals and 1 (unknown: bound 1)
+            for Markov proposals.
+        exact_log_ratio: for synthetic checks where $p$ and $q$ are known: the exact log
+            ratio (same signature as the learned one). The excess loss $L(d) - L(d^*)$ is then
+            estimated on the same pairs (a small variance) instead of ``loss_optimal``.
 
     Returns:
-        ``DiscriminatorFit(log_ratio, loss_history, loss, tv_bound)``.
+        ``DiscriminatorFit(log_ratio, loss_history, loss, pair_loss, pair_loss_se,
+        excess_loss, contraction, tv_bound)``.
     """
-    x_target = _check_target(target_samples)
+    x_all = _check_target(target_samples)
+    if not 0.0 <= holdout < 1.0:
+        raise ValueError(f"holdout must be in [0, 1), got {holdout}.")
+    if contraction is not None and not 0.0 <= float(contraction) <= 1.0:
+        raise ValueError(f"contraction must be in [0, 1], got {contraction}.")
+    key_split, key_init, key_train, key_eval = jax.random.split(key, 4)
+    n_hold = int(round(holdout * x_all.shape[0]))
+    if holdout > 0 and not 1 <= n_hold <= x_all.shape[0] - 2:
+        raise ValueError(
+            f"holdout={holdout} of {x_all.shape[0]} target samples leaves {n_hold} for "
+            "evaluation; pass more samples or holdout=0."
+        )
+    perm = np.asarray(jax.random.permutation(key_split, x_all.shape[0]))
+    x_target = jnp.asarray(x_all[perm[n_hold:]])
+    x_eval = jnp.asarray(x_all[perm[:n_hold]]) if n_hold else x_target
     n, dim = x_target.shape
-    x_target = jnp.asarray(x_target)
-    key_init, key_train, key_eval = jax.random.split(key, 3)
     if markov:
         probe = jax.eval_shape(sample_proposal, key_init, x_target[0])
     else:
@@ -351,27 +477,25 @@ def fit_discriminator(
     din = 2 * dim if markov else dim
     model = _MLP(din, hidden, rngs=nnx.Rngs(int(jax.random.randint(key_init, (), 0, 2**30))))
     graphdef, params = nnx.split(model)
-    opt = optax.adam(learning_rate)
+    schedule = optax.cosine_decay_schedule(learning_rate, num_steps, alpha=0.01)
+    opt = optax.adam(schedule)
 
     def f(p, z):
         return nnx.merge(graphdef, p)(z)
 
+    def objective(p, xs, keys):
+        if markov:
+            xp = jax.vmap(sample_proposal)(keys, xs)
+            logit_d = f(p, jnp.concatenate([xs, xp], -1)) - f(p, jnp.concatenate([xp, xs], -1))
+            # -E[log d(x, x') + log(1 - d(x', x))]; 1 - d(x', x) = d(x, x') by construction.
+            return -2.0 * jnp.mean(jax.nn.log_sigmoid(logit_d))
+        xq = jax.vmap(sample_proposal)(keys)
+        return -jnp.mean(jax.nn.log_sigmoid(f(p, xs))) - jnp.mean(jax.nn.log_sigmoid(-f(p, xq)))
+
     def batch_loss(p, key):
         k_idx, k_prop = jax.random.split(key)
         xs = x_target[jax.random.randint(k_idx, (batch_size,), 0, n)]
-        keys = jax.random.split(k_prop, batch_size)
-        if markov:
-            xp = jax.vmap(sample_proposal)(keys, xs)
-            fa = f(p, jnp.concatenate([xs, xp], -1))
-            fb = f(p, jnp.concatenate([xp, xs], -1))
-            logit_d = fa - fb  # logit d(x, x'); logit d(x', x) = -logit_d
-            logit_d_swapped = -logit_d
-            # -E[log d(x,x') + log(1 - d(x',x))]; both terms equal by construction.
-            return -jnp.mean(jax.nn.log_sigmoid(logit_d)) - jnp.mean(
-                jax.nn.log_sigmoid(-logit_d_swapped)
-            )
-        xq = jax.vmap(sample_proposal)(keys)
-        return -jnp.mean(jax.nn.log_sigmoid(f(p, xs))) - jnp.mean(jax.nn.log_sigmoid(-f(p, xq)))
+        return objective(p, xs, jax.random.split(k_prop, batch_size))
 
     @jax.jit
     def train(params, key):
@@ -384,12 +508,9 @@ def fit_discriminator(
         (params, _), losses = jax.lax.scan(
             body, (params, opt.init(params)), jax.random.split(key, num_steps)
         )
-        eval_loss = jnp.mean(
-            jax.vmap(lambda k: batch_loss(params, k))(jax.random.split(key_eval, 8))
-        )
-        return params, losses, eval_loss
+        return params, losses
 
-    params, losses, eval_loss = train(params, key_train)
+    params, losses = train(params, key_train)
 
     if markov:
 
@@ -400,7 +521,30 @@ def fit_discriminator(
         def log_ratio(x):
             return f(params, x)
 
-    return DiscriminatorFit(log_ratio, losses, eval_loss, tv_bound(eval_loss, loss_optimal))
+    @jax.jit
+    def evaluate(key):
+        k_idx, k_prop = jax.random.split(key)
+        xs = x_eval[jax.random.randint(k_idx, (num_eval,), 0, x_eval.shape[0])]
+        keys = jax.random.split(k_prop, num_eval)
+        xp = jax.vmap(sample_proposal)(keys, xs) if markov else jax.vmap(sample_proposal)(keys)
+        terms = pair_loss_terms(log_ratio, xs, xp, markov=markov)
+        if exact_log_ratio is None:
+            excess_terms = terms - loss_optimal
+        else:
+            excess_terms = terms - pair_loss_terms(exact_log_ratio, xs, xp, markov=markov)
+        if markov:
+            rho = jnp.asarray(1.0 if contraction is None else contraction)
+        elif contraction is None:
+            rho = independent_contraction(log_ratio, xp, jnp.asarray(x_all))
+        else:
+            rho = jnp.asarray(contraction)
+        se = jnp.std(terms) / jnp.sqrt(num_eval)
+        excess = jnp.mean(excess_terms) + 2.0 * jnp.std(excess_terms) / jnp.sqrt(num_eval)
+        return objective(params, xs, keys), jnp.mean(terms), se, excess, rho
+
+    loss, pair_loss, pair_se, excess, rho = evaluate(key_eval)
+    bound = tv_bound(excess, 0.0, rho)
+    return DiscriminatorFit(log_ratio, losses, loss, pair_loss, pair_se, excess, rho, bound)
 
 
 def energy_distance(x: ArrayLike, y: ArrayLike) -> Array:

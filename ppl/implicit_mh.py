@@ -30,7 +30,9 @@ class ImplicitMHResult(NamedTuple):
     Attributes:
         samples: ``{site: (num_chains, *site_shape)}``, the chains' final states.
         acceptance_rate: mean acceptance rate per chain, shape (num_chains,).
-        tv_bound: the discriminator's total-variation bound (``kernels.implicit_mh.tv_bound``).
+        tv_bound: the discriminator's bound on the total-variation distance between the
+            chains' stationary law and the target (``kernels.implicit_mh.tv_bound``; 1 unless
+            ``loss_optimal`` or ``exact_log_ratio`` was given to ``fit``).
     """
 
     samples: dict
@@ -110,7 +112,9 @@ class ImplicitMH:
 
         Args:
             key: PRNG key.
-            **fit_kwargs: forwarded to ``fit_discriminator`` (num_steps, batch_size, hidden, ...).
+            **fit_kwargs: forwarded to ``fit_discriminator`` (num_steps, batch_size, hidden,
+                loss_optimal, exact_log_ratio, ...); functions of a point take the sites
+                flattened in sorted order (``jax.flatten_util.ravel_pytree``).
 
         Returns:
             The ``DiscriminatorFit`` (also stored as ``self.fit_result``).
