@@ -1,6 +1,7 @@
 """posteriordb posteriors as NumPyro models with Stan's reference summaries (see :mod:`.models`)."""
 
 from benchmarks.posteriordb.models import (
+    ADAPT_DELTA,
     MODELS,
     NAMES,
     SHORT_NAMES,
@@ -10,4 +11,13 @@ from benchmarks.posteriordb.models import (
     posteriordb_path,
 )
 
-__all__ = ["MODELS", "NAMES", "SHORT_NAMES", "Agreement", "Posterior", "load", "posteriordb_path"]
+__all__ = [
+    "ADAPT_DELTA",
+    "MODELS",
+    "NAMES",
+    "SHORT_NAMES",
+    "Agreement",
+    "Posterior",
+    "load",
+    "posteriordb_path",
+]

@@ -24,7 +24,8 @@ API::
 * :func:`load` returns a :class:`Posterior`: ``model`` (called as ``model(**kwargs)``),
   ``kwargs`` (the data as NumPy arrays, integers kept integer), ``reference``
   (``{stan_name: (mean, sd, q05, q95)}``), ``ndraws`` (reference draws), ``data`` (the raw
-  JSON), :meth:`Posterior.to_stan_names` and :meth:`Posterior.agreement`.
+  JSON), ``adapt_delta`` (the reference run's target acceptance, :data:`ADAPT_DELTA`),
+  :meth:`Posterior.to_stan_names` and :meth:`Posterior.agreement`.
 
 Run the models in float64 (``with jax.enable_x64(True):``): kilpisjarvi's posterior
 correlation is about $1 - 10^{-8}$ (``x`` is about 4000), beyond float32.
@@ -49,6 +50,7 @@ from jax.scipy.special import logsumexp
 from numpyro.distributions import constraints
 
 __all__ = [
+    "ADAPT_DELTA",
     "NAMES",
     "SHORT_NAMES",
     "MODELS",
@@ -262,6 +264,20 @@ MODELS: dict[str, Callable] = {
 NAMES: tuple[str, ...] = tuple(MODELS)
 """The seven posterior names."""
 
+ADAPT_DELTA: dict[str, float] = {
+    "arma-arma11": 0.8,
+    "earnings-logearn_interaction": 0.8,
+    "nes2000-nes": 0.8,
+    "diamonds-diamonds": 0.99,
+    "kilpisjarvi_mod-kilpisjarvi": 0.8,
+    "gp_pois_regr-gp_pois_regr": 0.99,
+    "hmm_example-hmm_example": 0.8,
+}
+"""Target acceptance (Stan's ``adapt_delta``) of each reference run, from posteriordb's
+``reference_posteriors/draws/info/<posterior>.info.json``; samplers compared with the reference
+use it as ``target_accept_prob`` (0.99 for diamonds and gp_pois_regr, whose funnel-like tails a
+larger step size under-explores)."""
+
 SHORT_NAMES: dict[str, str] = {
     "arma11": "arma-arma11",
     "earnings": "earnings-logearn_interaction",
@@ -333,6 +349,7 @@ class Posterior:
         reference: ``{stan_name: (mean, sd, q05, q95)}``.
         ndraws: number of reference draws.
         data: the raw ``data.json``.
+        adapt_delta: the reference run's target acceptance (:data:`ADAPT_DELTA`).
     """
 
     name: str
@@ -341,6 +358,7 @@ class Posterior:
     reference: Mapping[str, tuple[float, float, float, float]]
     ndraws: int
     data: Mapping = field(repr=False)
+    adapt_delta: float = 0.8
 
     @property
     def num_params(self) -> int:
@@ -439,4 +457,6 @@ def _load(full: str) -> Posterior:
         for k, v in ref["reference"].items()
     }
     kwargs = {k: _as_array(v) for k, v in data.items()}
-    return Posterior(full, MODELS[full], kwargs, reference, int(ref["ndraws"]), data)
+    return Posterior(
+        full, MODELS[full], kwargs, reference, int(ref["ndraws"]), data, ADAPT_DELTA[full]
+    )
