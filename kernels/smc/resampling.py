@@ -12,11 +12,15 @@ offspring variance than multinomial; residual is ``floor(M W_i)`` deterministic 
 multinomial draw of the remainder.
 
 Conditional schemes (conditional SMC, particle Gibbs; Andrieu, Doucet and Holenstein, 2010)
-keep the reference at index 0 (``A_0 = 0``) and draw the other ``M - 1`` ancestors by the
-scheme from *all* ``N`` weights. For multinomial this is exactly the conditional law of
-multinomial resampling given ``A_0 = 0``; for the other schemes it is the conditional law of the
-(unbiased, exchangeable after a random permutation) scheme "one multinomial draw plus the scheme
-on the other ``M - 1``", so the conditional-SMC upper bound stays valid for each.
+keep the reference at index 0 (``A_0 = 0``) and draw the other ``M - 1`` ancestors from the
+conditional law, given ``A_0 = 0``, of an exchangeable version of the scheme (particles and
+offspring randomly permuted, which leaves ``Z_hat`` unchanged in law): i.i.d. draws for
+multinomial; a point uniform in the reference's interval of a randomly permuted CDF for
+systematic and stratified (Chopin and Singh, 2015); a deterministic copy with probability
+``floor(M W_0) / (M W_0)`` for residual. With these, conditional SMC from an exact target draw
+satisfies ``E[1 / Z_hat] = 1 / Z`` exactly (tests/kernels/smc/test_enumeration.py enumerates the
+extended space). Dropping the permutation, or drawing the others by the plain scheme on
+``M - 1`` points, breaks the identity.
 """
 
 from collections.abc import Callable
@@ -86,7 +90,10 @@ def ess(log_weights: Array) -> Array:
 
 def _inverse_cdf(u: Array, log_weights: Array) -> Array:
     """Indices ``i`` with ``C_{i-1} <= u < C_i`` for ``u`` in [0, 1); never a zero weight."""
-    w = jnp.exp(normalize(log_weights))
+    return _inverse_cdf_w(u, jnp.exp(normalize(log_weights)))
+
+
+def _inverse_cdf_w(u: Array, w: Array) -> Array:
     cdf = jnp.cumsum(w)
     n = w.shape[0]
     idx = jnp.searchsorted(cdf, u * cdf[-1], side="right")
@@ -121,9 +128,7 @@ def systematic(key: PRNGKey, log_weights: Array, num_samples: int) -> Array:
         ``[M]`` int32 ancestors; offspring counts are ``floor(M W_i)`` or ``ceil(M W_i)``.
     """
     u = jax.random.uniform(key, (), dtype=log_weights.dtype)
-    return _inverse_cdf(
-        (jnp.arange(num_samples, dtype=log_weights.dtype) + u) / num_samples, log_weights
-    )
+    return _grid_from(u, log_weights, num_samples)
 
 
 def stratified(key: PRNGKey, log_weights: Array, num_samples: int) -> Array:
@@ -138,9 +143,13 @@ def stratified(key: PRNGKey, log_weights: Array, num_samples: int) -> Array:
         ``[M]`` int32 ancestors.
     """
     u = jax.random.uniform(key, (num_samples,), dtype=log_weights.dtype)
-    return _inverse_cdf(
-        (jnp.arange(num_samples, dtype=log_weights.dtype) + u) / num_samples, log_weights
-    )
+    return _grid_from(u, log_weights, num_samples)
+
+
+def _grid_from(u: Array, log_weights: Array, num_samples: int) -> Array:
+    """Ancestors of the points ``(k + u_k) / M``: systematic (scalar ``u``) or stratified."""
+    k = jnp.arange(num_samples, dtype=log_weights.dtype)
+    return _inverse_cdf((k + u) / num_samples, log_weights)
 
 
 def residual(key: PRNGKey, log_weights: Array, num_samples: int) -> Array:
@@ -154,21 +163,188 @@ def residual(key: PRNGKey, log_weights: Array, num_samples: int) -> Array:
     Returns:
         ``[M]`` int32 ancestors.
     """
+    u = jax.random.uniform(key, (num_samples,), dtype=log_weights.dtype)
+    return _residual_from(u, log_weights, num_samples)
+
+
+def _residual_from(u: Array, log_weights: Array, num_samples: int) -> Array:
+    """Residual resampling from ``M`` uniforms (multinomial draws of the residuals)."""
+    _, _, n_det, log_res, det = _residual_parts(log_weights, num_samples)
+    extra = _inverse_cdf(u, log_res)
+    k = jnp.arange(num_samples)
+    return jnp.where(k < n_det, det, extra[jnp.maximum(k - n_det, 0)])
+
+
+def _conditional_multinomial_from(u: Array, log_weights: Array, num_samples: int) -> Array:
+    """Conditional multinomial from ``num_samples - 1`` uniforms ``u``."""
+    rest = _inverse_cdf(u, log_weights)
+    return jnp.concatenate([jnp.zeros(1, jnp.int32), rest])
+
+
+def _reference_slot(perm: Array, u: Array, log_weights: Array, num_samples: int):
+    """Systematic/stratified helper: a point ``V`` uniform in particle 0's interval of the CDF
+    taken in the order ``perm``; returns ``(W[perm], k*, U)`` with ``M V = k* + U``."""
+    w = jnp.exp(normalize(log_weights))[perm]
+    cdf = jnp.cumsum(w)
+    pos = jnp.argmax(perm == 0)
+    hi = cdf[pos]
+    lo = jnp.where(pos > 0, cdf[jnp.maximum(pos - 1, 0)], 0.0)
+    s = num_samples * (lo + u * (hi - lo)) / cdf[-1]
+    k_star = jnp.clip(jnp.floor(s), 0, num_samples - 1)
+    return w, k_star.astype(jnp.int32), jnp.clip(s - k_star, 0.0, 1.0)
+
+
+def _assemble(perm: Array, w: Array, points: Array, k_star: Array) -> Array:
+    """Ancestors of ``points`` (in ``[0, 1)``) under the weights ``w`` in the order ``perm``,
+    with the one of point ``k*`` (particle 0) moved to slot 0."""
+    anc = perm[_inverse_cdf_w(points, w)].astype(jnp.int32)
+    k = jnp.arange(points.shape[0] - 1)
+    rest = anc[k + (k >= k_star)]
+    return jnp.concatenate([jnp.zeros(1, jnp.int32), rest])
+
+
+def _conditional_systematic_from(
+    perm: Array, u: Array, log_weights: Array, num_samples: int
+) -> Array:
+    """Conditional systematic from an input permutation ``perm`` and one uniform ``u``."""
+    w, k_star, U = _reference_slot(perm, u, log_weights, num_samples)
+    points = (jnp.arange(num_samples, dtype=w.dtype) + U) / num_samples
+    return _assemble(perm, w, points, k_star)
+
+
+def _conditional_stratified_from(
+    perm: Array, u: Array, us: Array, log_weights: Array, num_samples: int
+) -> Array:
+    """Conditional stratified from ``perm``, ``u`` (the reference's point) and ``M`` uniforms
+    ``us`` for the other strata."""
+    w, k_star, U = _reference_slot(perm, u, log_weights, num_samples)
+    k = jnp.arange(num_samples)
+    offsets = jnp.where(k == k_star, U, us.astype(w.dtype))
+    return _assemble(perm, w, (k + offsets) / num_samples, k_star)
+
+
+def _residual_parts(log_weights: Array, num_samples: int):
     w = jnp.exp(normalize(log_weights))
     counts = jnp.floor(num_samples * w)
     counts = jnp.where(jnp.cumsum(counts) <= num_samples, counts, 0.0)  # rounding guard
     n_det = jnp.sum(counts).astype(jnp.int32)
     res = num_samples * w - counts
     log_res = jnp.where(res > 0, jnp.log(jnp.where(res > 0, res, 1.0)), -jnp.inf)
-    extra = multinomial(key, log_res, num_samples)
     k = jnp.arange(num_samples)
     det = jnp.searchsorted(jnp.cumsum(counts), k, side="right").astype(jnp.int32)
     det = jnp.minimum(det, w.shape[0] - 1)
-    return jnp.where(k < n_det, det, extra[jnp.maximum(k - n_det, 0)])
+    return w, counts, n_det, log_res, det
+
+
+def _conditional_residual_from(b: Array, us: Array, log_weights: Array, num_samples: int) -> Array:
+    """Conditional residual from a uniform ``b`` (is the reference a deterministic copy?) and
+    ``M`` uniforms ``us`` for the multinomial draws of the residuals."""
+    w, counts, n_det, log_res, det = _residual_parts(log_weights, num_samples)
+    p_det = jnp.where(w[0] > 0, counts[0] / (num_samples * jnp.where(w[0] > 0, w[0], 1.0)), 0.0)
+    offset = (b < p_det).astype(jnp.int32)  # drop one deterministic copy of particle 0
+    extra = _inverse_cdf(us, log_res)
+    j = jnp.arange(num_samples - 1) + offset
+    rest = jnp.where(
+        j < n_det, det[jnp.minimum(j, num_samples - 1)], extra[jnp.maximum(j - n_det, 0)]
+    )
+    return jnp.concatenate([jnp.zeros(1, jnp.int32), rest.astype(jnp.int32)])
+
+
+def conditional_multinomial(key: PRNGKey, log_weights: Array, num_samples: int) -> Array:
+    """Conditional multinomial resampling: ``A_0 = 0``, ``A_{1:M-1} ~ Categorical(W)`` i.i.d.
+
+    The exact conditional law of multinomial resampling given ``A_0 = 0``.
+
+    Args:
+        key: PRNG key.
+        log_weights: ``[N]`` unnormalized log weights (particle 0 is the reference).
+        num_samples: ``M``.
+
+    Returns:
+        ``[M]`` int32 ancestors with ``ancestors[0] == 0``.
+    """
+    u = jax.random.uniform(key, (num_samples - 1,), dtype=log_weights.dtype)
+    return _conditional_multinomial_from(u, log_weights, num_samples)
+
+
+def conditional_systematic(key: PRNGKey, log_weights: Array, num_samples: int) -> Array:
+    """Conditional systematic resampling (``A_0 = 0``).
+
+    The conditional law, given that slot 0 descends from particle 0, of the exchangeable
+    systematic scheme "randomly permute the particles, resample systematically, randomly
+    permute the offspring": draw the permutation ``pi``, a point ``V`` uniform in particle 0's
+    interval of the permuted CDF, set ``k* = floor(M V)``, ``U = M V - k*``; the other
+    ancestors are those of the points ``(k + U) / M``, ``k != k*`` (Chopin and Singh, 2015).
+    The permutation matters: without it the identity ``E[1 / Z_hat] = 1 / Z`` of conditional
+    SMC fails for ``N >= 4`` (checked by exhaustive enumeration in the tests).
+
+    Args:
+        key: PRNG key.
+        log_weights: ``[N]`` unnormalized log weights (particle 0 is the reference).
+        num_samples: ``M``.
+
+    Returns:
+        ``[M]`` int32 ancestors with ``ancestors[0] == 0``.
+    """
+    k1, k2 = jax.random.split(key)
+    perm = jax.random.permutation(k1, log_weights.shape[0])
+    u = jax.random.uniform(k2, (), dtype=log_weights.dtype)
+    return _conditional_systematic_from(perm, u, log_weights, num_samples)
+
+
+def conditional_stratified(key: PRNGKey, log_weights: Array, num_samples: int) -> Array:
+    """Conditional stratified resampling (``A_0 = 0``).
+
+    As :func:`conditional_systematic` (random input permutation, the reference's point ``V``
+    uniform in particle 0's interval, ``k* = floor(M V)``), with independent uniforms in the
+    other strata ``(k + U_k) / M``, ``k != k*``.
+
+    Args:
+        key: PRNG key.
+        log_weights: ``[N]`` unnormalized log weights (particle 0 is the reference).
+        num_samples: ``M``.
+
+    Returns:
+        ``[M]`` int32 ancestors with ``ancestors[0] == 0``.
+    """
+    k1, k2, k3 = jax.random.split(key, 3)
+    perm = jax.random.permutation(k1, log_weights.shape[0])
+    u = jax.random.uniform(k2, (), dtype=log_weights.dtype)
+    us = jax.random.uniform(k3, (num_samples,), dtype=log_weights.dtype)
+    return _conditional_stratified_from(perm, u, us, log_weights, num_samples)
+
+
+def conditional_residual(key: PRNGKey, log_weights: Array, num_samples: int) -> Array:
+    """Conditional residual resampling (``A_0 = 0``).
+
+    Residual resampling makes ``floor(M W_i)`` deterministic copies and ``R = M - sum floor``
+    multinomial draws from the residuals. Given that slot 0 descends from particle 0, it is one
+    of the deterministic copies with probability ``floor(M W_0) / (M W_0)``: then the others are
+    the remaining copies and ``R`` residual draws; otherwise all copies and ``R - 1`` draws.
+
+    Args:
+        key: PRNG key.
+        log_weights: ``[N]`` unnormalized log weights (particle 0 is the reference).
+        num_samples: ``M``.
+
+    Returns:
+        ``[M]`` int32 ancestors with ``ancestors[0] == 0``.
+    """
+    k1, k2 = jax.random.split(key)
+    b = jax.random.uniform(k1, (), dtype=log_weights.dtype)
+    us = jax.random.uniform(k2, (num_samples,), dtype=log_weights.dtype)
+    return _conditional_residual_from(b, us, log_weights, num_samples)
 
 
 def conditional(scheme: Scheme) -> Scheme:
-    """Conditional version of ``scheme``: ``A_0 = 0``, ``A_{1:M}`` by ``scheme`` on all weights.
+    """Conditional version of ``scheme`` (conditional SMC): ``ancestors[0] == 0``.
+
+    The four built-in schemes map to their exact conditional laws
+    (:func:`conditional_multinomial`, :func:`conditional_systematic`,
+    :func:`conditional_stratified`, :func:`conditional_residual`), for which conditional SMC
+    satisfies ``E[1 / Z_hat] = 1 / Z``. Any other scheme gets ``A_0 = 0`` and
+    ``scheme(key, log_weights, M - 1)`` for the rest, which is its exact conditional law only
+    when the scheme draws its ancestors i.i.d. given the weights (as multinomial does).
 
     Args:
         scheme: an unconditional scheme.
@@ -176,22 +352,28 @@ def conditional(scheme: Scheme) -> Scheme:
     Returns:
         ``scheme(key, log_weights, num_samples)`` with ``ancestors[0] == 0``.
     """
+    if scheme in _CONDITIONAL:
+        return _CONDITIONAL[scheme]
+    if scheme in _CONDITIONAL.values():
+        return scheme
 
     def cond_scheme(key: PRNGKey, log_weights: Array, num_samples: int) -> Array:
         if num_samples == 1:
             return jnp.zeros(1, jnp.int32)
         rest = scheme(key, log_weights, num_samples - 1)
-        return jnp.concatenate([jnp.zeros(1, jnp.int32), rest])
+        return jnp.concatenate([jnp.zeros(1, jnp.int32), rest.astype(jnp.int32)])
 
     cond_scheme.__name__ = f"conditional_{getattr(scheme, '__name__', 'scheme')}"
     cond_scheme.__doc__ = f"Conditional {cond_scheme.__name__[12:]} resampling (ancestors[0] == 0)."
     return cond_scheme
 
 
-conditional_multinomial = conditional(multinomial)
-conditional_systematic = conditional(systematic)
-conditional_stratified = conditional(stratified)
-conditional_residual = conditional(residual)
+_CONDITIONAL = {
+    multinomial: conditional_multinomial,
+    systematic: conditional_systematic,
+    stratified: conditional_stratified,
+    residual: conditional_residual,
+}
 
 SCHEMES = {
     "multinomial": multinomial,

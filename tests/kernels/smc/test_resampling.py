@@ -50,17 +50,34 @@ def test_low_variance_properties(m):
         assert c.var(0).sum() < 0.7 * v_mult
 
 
+W_REF = np.roll(W, -1)  # the reference (index 0) has weight 0.3; index 1 has weight 0
+
+
 @pytest.mark.parametrize("name", list(rs.SCHEMES))
-def test_conditional_keeps_reference(name):
-    scheme = rs.conditional(rs.SCHEMES[name])
-    anc, counts = _counts(scheme, N)
-    assert np.all(anc[:, 0] == 0)
-    rest = counts.copy()
-    rest[:, 0] -= 1  # the reference slot
-    mean, sd = rest.mean(0), rest.std(0) + 1e-12
-    z = (mean - (N - 1) * W) / (sd / np.sqrt(R))
-    assert np.all(np.abs(z[W > 0]) < 4.5), z  # z-score: others resampled from ALL weights
-    assert np.all(rest[:, 2] == 0)
+def test_conditional_is_size_biased_exchangeable_scheme(name):
+    """Given A_0 = 0, the offspring counts of the conditional scheme follow the exchangeable
+    scheme (random input permutation) size-biased by the reference's count:
+    E[c_i | A_0 = 0] = E[c_i c_0] / (M W_0) (the exact law is enumerated in test_enumeration)."""
+    scheme, m = rs.SCHEMES[name], 7
+    with jax.enable_x64(True):
+        lw = jnp.asarray(np.where(W_REF > 0, np.log(np.maximum(W_REF, 1e-300)), -np.inf) - 1e3)
+        keys = jax.random.split(jax.random.key(4), R)
+        cond = np.asarray(jax.jit(jax.vmap(lambda k: rs.conditional(scheme)(k, lw, m)))(keys))
+
+        def exch(k):
+            k1, k2 = jax.random.split(k)
+            perm = jax.random.permutation(k1, N)
+            return perm[scheme(k2, lw[perm], m)]
+
+        unc = np.asarray(jax.jit(jax.vmap(exch))(jax.random.split(jax.random.key(5), R)))
+    assert np.all(cond[:, 0] == 0) and not np.any(cond == 1)  # reference kept, zero weight never
+    c_cond = np.stack([(cond == i).sum(1) for i in range(N)], 1).astype(float)
+    c_unc = np.stack([(unc == i).sum(1) for i in range(N)], 1).astype(float)
+    sb = c_unc * c_unc[:, :1] / (m * W_REF[0])  # size-biased by the reference's count
+    se = np.sqrt(c_cond.var(0) / R + sb.var(0) / R) + 1e-12
+    z = (c_cond.mean(0) - sb.mean(0)) / se
+    assert np.all(np.abs(z) < 4.5), z  # z-scores (6 counts)
+    np.testing.assert_allclose(c_cond.sum(1), m)
 
 
 def test_conditional_multinomial_exact_law():
