@@ -315,8 +315,10 @@ class TemperedSMC:
         adapt_mass_matrix: set the diagonal inverse mass matrix to the particle variance at
             each temperature, when the kernel takes ``inverse_mass_matrix``.
         max_num_steps: buffer size of the adaptive schedule.
-        shard: split the particles across all local devices (``jax.sharding``, particle axis);
-            resampling and log-sum-exps stay global, so a seed gives the same result.
+        shard: split the particles across all local devices (``jax.sharding``, particle axis;
+            ``num_particles`` divisible by the device count). Log weights and log-likelihoods
+            stay replicated and the particles cross devices only when resampling (see
+            :mod:`kernels.smc.sharding`), so a seed gives the same result as unsharded.
     """
 
     def __init__(
@@ -360,18 +362,12 @@ class TemperedSMC:
         self.adapt_mass_matrix = bool(adapt_mass_matrix)
         self.max_num_steps = int(max_num_steps)
         self._checked: dict = {}  # argument signature -> latent site names (validated)
-        self._sharding = None
+        self._mesh = None
         if shard:
-            devices = jax.devices()
-            if num_particles % len(devices):
-                raise ValueError(
-                    f"shard=True needs num_particles divisible by the {len(devices)} devices, "
-                    f"got {num_particles}"
-                )
-            mesh = jax.sharding.Mesh(devices, ("particles",))
-            self._sharding = jax.sharding.NamedSharding(
-                mesh, jax.sharding.PartitionSpec("particles")
-            )
+            from kernels.smc import sharding
+
+            self._mesh = sharding.particle_mesh()
+            sharding.check_divisible(self.num_particles, self._mesh)
         step = self.kernel.build_kernel()
         self._takes_step_size = _kernel_accepts(step, "step_size")
         self._takes_imm = _kernel_accepts(step, "inverse_mass_matrix")
@@ -432,7 +428,7 @@ class TemperedSMC:
 
     # ------------------------------------------------------------------ one SMC step
     def _step(self, c: _Carry, d_beta, beta, dens, imm, step_size, reference, last):
-        from kernels.smc import resampling
+        from kernels.smc import resampling, sequential
 
         key, k_res, k_move = jax.random.split(c.key, 3)
         inc = d_beta * c.loglik
@@ -443,31 +439,37 @@ class TemperedSMC:
         log_w = log_w_un - log_norm
         ess = resampling.ess(log_w)
         if imm is None:  # weighted variance under pi_k, before resampling
-            imm = self._imm(c.u, log_w)
+            imm = self._imm(self._replicate(c.u), log_w)
         conditional = reference is not None
         threshold = jnp.where(last, 1.0, self.resample_threshold)
-        idx, do_resample, log_w = resampling.resample_if(
-            k_res, log_w, threshold, _scheme(conditional)
+        u, log_w, _, do_resample = sequential.resample(
+            k_res, c.u, log_w, threshold, _scheme(conditional), self._mesh
         )
-        u = c.u[idx]
         new_u, new_ll, acc = self._move(k_move, u, beta, dens, step_size, imm)
         if conditional:  # particle 0 follows the reference path
             new_u = new_u.at[0].set(reference)
             new_ll = new_ll.at[0].set(dens.log_likelihood(reference))
+        acc = self._replicate(acc)
         acc = jnp.mean(acc[1:] if conditional else acc)
         if self.adapt_step_size and self._takes_step_size:
             next_step = step_size * jnp.exp(jnp.clip(acc - self.target_acceptance, -0.5, 0.5))
         else:
             next_step = step_size
-        new_u, new_ll, log_w = self._shard((new_u, new_ll, log_w))
+        new_u = self._shard(new_u)
+        new_ll, log_w = self._replicate((new_ll, log_w))
         carry = _Carry(new_u, new_ll, log_w, log_Z, next_step, key)
         return carry, (ess, do_resample, acc, step_size, imm)
 
     # ------------------------------------------------------------------ drivers
     def _shard(self, tree):
-        if self._sharding is None:
-            return tree
-        return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, self._sharding), tree)
+        from kernels.smc import sharding
+
+        return sharding.constrain_fn(self._mesh)(tree)
+
+    def _replicate(self, tree):
+        from kernels.smc import sharding
+
+        return sharding.replicate_fn(self._mesh)(tree)
 
     def _init(self, key, dens, reference0=None):
         k_init, key = jax.random.split(key)
@@ -475,7 +477,7 @@ class TemperedSMC:
         if reference0 is not None:
             u = u.at[0].set(reference0)
         loglik = jax.vmap(dens.log_likelihood)(u)
-        u, loglik = self._shard((u, loglik))
+        u, loglik = self._shard(u), self._replicate(loglik)
         n = self.num_particles
         step_size = jnp.asarray(self.kernel_params.get("step_size", 1.0), u.dtype)
         return _Carry(u, loglik, jnp.full(n, -jnp.log(n)), jnp.zeros((), u.dtype), step_size, key)
@@ -535,7 +537,7 @@ class TemperedSMC:
             ess_threshold=self.resample_threshold,
             reference=path,
             conditional_resampling=resampling.conditional_multinomial if path else None,
-            constrain_fn=self._shard if self._sharding is not None else None,
+            mesh=self._mesh,
         )
         idx = resampling.systematic(k_res, res.log_weights, n)
         u, _, acc = self._move(

@@ -125,9 +125,10 @@ class ParticleFilter:
         resample_threshold: resample when ``ESS < resample_threshold * N`` (1 = every step).
         resampling: ``"systematic"``, ``"stratified"``, ``"multinomial"`` or ``"residual"``
             (``kernels.smc.resampling``; its conditional variant in conditional runs).
-        shard: split the particles across all local devices (``jax.sharding``, particle axis);
-            resampling gathers and the log-sum-exp of the weights are global, so a seed gives
-            the same result sharded and unsharded (up to floating-point reassociation).
+        shard: split the particles across all local devices (``jax.sharding``, particle axis;
+            ``num_particles`` divisible by the device count). The ``[N]`` log weights stay
+            replicated and the particles cross devices only when resampling (see
+            :mod:`kernels.smc.sharding`), so a seed gives the same result as unsharded.
     """
 
     def __init__(
@@ -158,18 +159,12 @@ class ParticleFilter:
         self.twist = twist
         self.resample_threshold = float(resample_threshold)
         self.resampling = resampling
-        self._sharding = None
+        self._mesh = None
         if shard:
-            devices = jax.devices()
-            if num_particles % len(devices):
-                raise ValueError(
-                    f"shard=True needs num_particles divisible by the {len(devices)} devices, "
-                    f"got {num_particles}"
-                )
-            mesh = jax.sharding.Mesh(devices, ("particles",))
-            self._sharding = jax.sharding.NamedSharding(
-                mesh, jax.sharding.PartitionSpec("particles")
-            )
+            from kernels.smc import sharding
+
+            self._mesh = sharding.particle_mesh()
+            sharding.check_divisible(self.num_particles, self._mesh)
         self._jitted = jax.jit(self._run, static_argnums=(3,))
         self._checked: dict = {}
 
@@ -203,11 +198,6 @@ class ParticleFilter:
         if self.twist is None:
             return jnp.zeros(())
         return jnp.where(t >= T, 0.0, jnp.asarray(self.twist(carry, t)).reshape(()))
-
-    def _shard(self, tree):
-        if self._sharding is None:
-            return tree
-        return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, self._sharding), tree)
 
     # ------------------------------------------------------------------ driver
     def _run(self, key, ys, reference, conditional: bool):
@@ -260,7 +250,7 @@ class ParticleFilter:
             ess_threshold=self.resample_threshold,
             reference=path,
             conditional_resampling=resampling.conditional(scheme) if conditional else None,
-            constrain_fn=self._shard if self._sharding is not None else None,
+            mesh=self._mesh,
         )
         x = res.particles
         return ParticleFilterResult(

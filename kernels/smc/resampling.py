@@ -43,6 +43,7 @@ __all__ = [
     "conditional_systematic",
     "conditional_stratified",
     "conditional_residual",
+    "should_resample",
     "resample_if",
     "SCHEMES",
 ]
@@ -383,6 +384,13 @@ SCHEMES = {
 }
 
 
+def should_resample(log_weights: Array, ess_threshold: float | Array) -> Array:
+    """``ESS < ess_threshold * N`` (always for a threshold >= 1, never for 0); bool scalar."""
+    n = log_weights.shape[0]
+    do = log_ess(log_weights) < jnp.log(ess_threshold * n)
+    return jnp.logical_and(do, ess_threshold > 0) | (ess_threshold >= 1)
+
+
 def resample_if(
     key: PRNGKey,
     log_weights: Array,
@@ -407,8 +415,7 @@ def resample_if(
         ``arange(N)`` when not resampled.
     """
     n = log_weights.shape[0]
-    do = log_ess(log_weights) < jnp.log(ess_threshold * n)
-    do = jnp.logical_and(do, ess_threshold > 0) | (ess_threshold >= 1)
+    do = should_resample(log_weights, ess_threshold)
     ancestors = jax.lax.cond(
         do,
         lambda k: scheme(k, log_weights, n).astype(jnp.int32),

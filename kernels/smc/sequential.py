@@ -36,11 +36,13 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
 
 from kernels.smc import resampling as rs
+from kernels.smc import sharding
 from kernels.types import Array, ArrayTree, PRNGKey
 
-__all__ = ["SMCResult", "run", "gather", "clamp_first"]
+__all__ = ["SMCResult", "run", "resample", "gather", "clamp_first"]
 
 
 class SMCResult(NamedTuple):
@@ -71,6 +73,47 @@ def gather(particles: ArrayTree, ancestors: Array) -> ArrayTree:
     return jax.tree.map(lambda x: jnp.take(x, ancestors, axis=0), particles)
 
 
+def resample(
+    key: PRNGKey,
+    particles: ArrayTree,
+    log_weights: Array,
+    ess_threshold: float | Array,
+    scheme: rs.Scheme = rs.systematic,
+    mesh: Mesh | None = None,
+) -> tuple[ArrayTree, Array, Array, Array]:
+    """ESS-triggered resampling of a particle pytree, pure (``lax.cond``), scan/jit-safe.
+
+    As :func:`kernels.smc.resampling.resample_if`, with the gather of the particles inside the
+    ``cond`` (on a sharded mesh the particles cross devices only when resampling).
+
+    Args:
+        key: PRNG key.
+        particles: pytree, leaves ``[N, ...]``.
+        log_weights: ``[N]`` log weights.
+        ess_threshold: resample when ``ESS < ess_threshold * N``.
+        scheme: resampling scheme (conditional for conditional SMC).
+        mesh: particle mesh (see :mod:`kernels.smc.sharding`) or ``None``.
+
+    Returns:
+        ``(particles, log_weights, ancestors [N], resampled)``; after resampling every log
+        weight is ``logsumexp(log_weights) - log N`` (the total mass is kept).
+    """
+    n = log_weights.shape[0]
+    shard = sharding.constrain_fn(mesh)
+
+    def yes(key, x, log_w):
+        anc = scheme(key, log_w, n).astype(jnp.int32)
+        after = jnp.full_like(log_w, jax.nn.logsumexp(log_w) - jnp.log(n))
+        return shard(gather(x, anc)), after, anc
+
+    def no(key, x, log_w):
+        return x, log_w, jnp.arange(n, dtype=jnp.int32)
+
+    do = rs.should_resample(log_weights, ess_threshold)
+    x, log_w, anc = jax.lax.cond(do, yes, no, key, particles, log_weights)
+    return x, log_w, anc, do
+
+
 def clamp_first(particles: ArrayTree, reference_t: ArrayTree, t: Array) -> ArrayTree:
     """Default ``clamp_fn``: set particle 0 of every leaf to the reference at time ``t``.
 
@@ -84,6 +127,16 @@ def clamp_first(particles: ArrayTree, reference_t: ArrayTree, t: Array) -> Array
     """
     del t
     return jax.tree.map(lambda x, r: x.at[0].set(jnp.asarray(r, x.dtype)), particles, reference_t)
+
+
+def _check_particles(particles: ArrayTree, n: int, where: str) -> None:
+    leaves = jax.tree.leaves(particles)
+    bad = [jnp.shape(x) for x in leaves if jnp.ndim(x) == 0 or jnp.shape(x)[0] != n]
+    if not leaves or bad:
+        raise ValueError(
+            f"{where} must return particles as a pytree of arrays with leading axis "
+            f"num_particles={n}; got leaves of shapes {[jnp.shape(x) for x in leaves]}"
+        )
 
 
 def _normalize_with_total(log_w: Array) -> tuple[Array, Array]:
@@ -105,7 +158,7 @@ def run(
     reference: ArrayTree | None = None,
     clamp_fn: Callable[[ArrayTree, ArrayTree, Array], ArrayTree] = clamp_first,
     conditional_resampling: rs.Scheme | None = None,
-    constrain_fn: Callable[[ArrayTree], ArrayTree] | None = None,
+    mesh: Mesh | None = None,
 ) -> SMCResult:
     """Run SMC (or conditional SMC when ``reference`` is given); jit-compatible.
 
@@ -136,8 +189,10 @@ def run(
             particle 0 (default :func:`clamp_first`).
         conditional_resampling: scheme keeping ancestor 0 (default
             ``resampling.conditional(resampling)``).
-        constrain_fn: optional ``pytree -> pytree`` applied to the particles and weights after
-            every step (e.g. a sharding constraint, see :mod:`kernels.smc.sharding`).
+        mesh: shard the particles over this 1-d mesh (``sharding.particle_mesh()``): particles
+            split on their first axis, log weights replicated, resampling computed redundantly
+            on every device (see :mod:`kernels.smc.sharding`); ``N`` must be divisible by the
+            number of devices. The same key gives the same result as ``mesh=None``.
 
     Returns:
         :class:`SMCResult`.
@@ -147,32 +202,43 @@ def run(
         raise ValueError(f"need num_particles >= 1 and num_steps >= 0, got {n}, {num_steps}")
     if num_steps > 0 and propose_fn is None:
         raise ValueError("propose_fn (or a fused step function) is required when num_steps > 0")
+    if mesh is not None:
+        sharding.check_divisible(n, mesh)
     fused = log_weight_fn is None
     conditional = reference is not None
     scheme = resampling
     if conditional:
         scheme = conditional_resampling or rs.conditional(resampling)
-    constrain = constrain_fn or (lambda x: x)
+    shard, replicate = sharding.constrain_fn(mesh), sharding.replicate_fn(mesh)
 
     def ref_at(t):
         return jax.tree.map(lambda r: r[t], reference)
 
+    def log_potentials(value, t):
+        value = jnp.asarray(value)
+        if value.shape != (n,):
+            raise ValueError(
+                f"the log potentials at step {t} must have shape (num_particles,) = ({n},), "
+                f"got {value.shape}: return one log weight per particle"
+            )
+        return replicate(value)
+
     k_init, k_steps = jax.random.split(key)
     k0, _ = jax.random.split(k_init)
     x0 = init_fn(k0, n)
+    _check_particles(x0, n, "init_fn")
     if conditional:
         x0 = clamp_fn(x0, ref_at(0), jnp.asarray(0))
+    x0 = shard(x0)
     lw0 = jnp.zeros(n) if init_log_weight_fn is None else init_log_weight_fn(x0)
-    lw0 = jnp.asarray(lw0)
+    lw0 = log_potentials(lw0, "t = 0")
     log_w, inc0 = _normalize_with_total(lw0 - jnp.log(n))
-    x0, log_w = constrain((x0, log_w))
 
     def body(carry, inp):
         x, log_w = carry
         key, t = inp
         k_res, k_prop = jax.random.split(key)
-        anc, did, log_w = rs.resample_if(k_res, log_w, ess_threshold, scheme)
-        x = gather(x, anc)
+        x, log_w, anc, did = resample(k_res, x, log_w, ess_threshold, scheme, mesh)
         if fused:
             args = (ref_at(t),) if conditional else ()
             x_new, log_g = propose_fn(k_prop, x, t, *args)
@@ -181,9 +247,10 @@ def run(
             if conditional:
                 x_new = clamp_fn(x_new, ref_at(t), t)
             log_g = log_weight_fn(x, x_new, t)
-        log_w = log_w + log_g
+        _check_particles(x_new, n, "propose_fn")
+        x_new = shard(x_new)
+        log_w = log_w + log_potentials(log_g, "t >= 1")
         log_w, inc = _normalize_with_total(log_w)
-        x_new, log_w = constrain((x_new, log_w))
         return (x_new, log_w), (inc, rs.ess(log_w), did, anc)
 
     if num_steps == 0:  # importance sampling from M_0

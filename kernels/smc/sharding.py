@@ -1,11 +1,21 @@
 """Shard SMC particles across local devices (``jax.sharding``, 1-d mesh on the particle axis).
 
-Inside :func:`kernels.smc.sequential.run`, pass ``constrain_fn=constrain_fn(mesh)``: every
-particle leaf and the log weights are constrained to ``NamedSharding(mesh, P("particles"))`` after
-each step. Resampling (a global cumulative sum and a gather) and the log-sum-exp of the weights
-are ordinary global JAX operations that XLA partitions with the needed collectives, so the result
-is the same as unsharded for the same key (random bits do not depend on the sharding with
-``jax_threefry_partitionable``, the default).
+Pass ``mesh=particle_mesh()`` to :func:`kernels.smc.sequential.run` (or
+:func:`kernels.smc.tempering.run`). The layout inside the jitted scan is:
+
+* the particles (every leaf, particle axis first) are split along axis 0: proposals, MCMC
+  moves and potentials run on each device's slice with no communication;
+* the ``[N]`` log weights are *replicated*: one all-gather of ``N`` scalars per step, after
+  which the log-sum-exp, the ESS, the resampling decision and the ancestors are computed
+  redundantly on every device, by the same operations on the same array as unsharded;
+* the gather ``particles[ancestors]`` sits inside the ``lax.cond`` of the resampling decision,
+  so the particles cross devices (one all-gather) only on the steps that resample.
+
+Hence two collectives per step at most, and the same key gives the same result as unsharded:
+the random bits do not depend on the sharding (``jax_threefry_partitionable``, the default),
+and no reduction is reassociated across shards. Sharding every array instead (weights
+included) makes XLA partition the cumulative sum, the binary searches and every log-sum-exp,
+with a collective each, which on forced CPU host devices cost a 10-50x slowdown.
 """
 
 from collections.abc import Callable
@@ -16,7 +26,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from kernels.types import ArrayTree
 
-__all__ = ["particle_mesh", "shard", "constrain_fn", "AXIS"]
+__all__ = ["particle_mesh", "shard", "constrain_fn", "replicate_fn", "check_divisible", "AXIS"]
 
 AXIS = "particles"
 
@@ -29,6 +39,16 @@ def particle_mesh(devices=None) -> Mesh:
 
 def _spec(x):
     return PartitionSpec(AXIS, *([None] * (np.ndim(x) - 1)))
+
+
+def check_divisible(num_particles: int, mesh: Mesh) -> None:
+    """Raise a ``ValueError`` unless ``num_particles`` splits evenly over the mesh."""
+    size = mesh.devices.size
+    if num_particles % size:
+        raise ValueError(
+            f"num_particles={num_particles} must be divisible by the number of devices "
+            f"({size}) to shard the particles; choose a multiple of {size}"
+        )
 
 
 def shard(tree: ArrayTree, mesh: Mesh) -> ArrayTree:
@@ -47,8 +67,11 @@ def shard(tree: ArrayTree, mesh: Mesh) -> ArrayTree:
     return jax.tree.map(lambda x: jax.device_put(x, NamedSharding(mesh, _spec(x))), tree)
 
 
-def constrain_fn(mesh: Mesh) -> Callable[[ArrayTree], ArrayTree]:
-    """``tree -> tree`` sharding constraint along axis 0 (for ``sequential.run(constrain_fn=)``)."""
+def constrain_fn(mesh: Mesh | None) -> Callable[[ArrayTree], ArrayTree]:
+    """``tree -> tree`` sharding constraint splitting every leaf along axis 0 (identity when
+    ``mesh`` is ``None``); for use inside ``jit``."""
+    if mesh is None:
+        return lambda tree: tree
 
     def constrain(tree):
         return jax.tree.map(
@@ -56,3 +79,12 @@ def constrain_fn(mesh: Mesh) -> Callable[[ArrayTree], ArrayTree]:
         )
 
     return constrain
+
+
+def replicate_fn(mesh: Mesh | None) -> Callable[[ArrayTree], ArrayTree]:
+    """``tree -> tree`` constraint replicating every leaf on all devices of ``mesh`` (identity
+    when ``mesh`` is ``None``); for the ``[N]`` log weights inside ``jit``."""
+    if mesh is None:
+        return lambda tree: tree
+    rep = NamedSharding(mesh, PartitionSpec())
+    return lambda tree: jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, rep), tree)

@@ -24,8 +24,9 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
 
-from kernels.smc import annealing, sequential
+from kernels.smc import annealing, sequential, sharding
 from kernels.smc import resampling as rs
 from kernels.types import Array, ArrayTree, PRNGKey
 
@@ -87,7 +88,7 @@ def run(
     resampling: rs.Scheme = rs.systematic,
     ess_threshold: float = 0.5,
     reference: ArrayTree | None = None,
-    constrain_fn: Callable | None = None,
+    mesh: Mesh | None = None,
 ) -> sequential.SMCResult:
     """Tempered SMC over a fixed schedule (AIS when ``ess_threshold = 0``).
 
@@ -105,7 +106,7 @@ def run(
         resampling: resampling scheme.
         ess_threshold: relative ESS threshold.
         reference: ``[K + 1, ...]`` reference path (conditional SMC / reverse AIS upper bound).
-        constrain_fn: passed to :func:`kernels.smc.sequential.run` (sharding).
+        mesh: shard the particles over this mesh (see :mod:`kernels.smc.sharding`).
 
     Returns:
         :class:`kernels.smc.sequential.SMCResult`; ``particles`` are the final positions.
@@ -143,7 +144,7 @@ def run(
         resampling=resampling,
         ess_threshold=ess_threshold,
         reference=reference,
-        constrain_fn=constrain_fn,
+        mesh=mesh,
     )
 
 
@@ -221,6 +222,7 @@ def adaptive(
     resampling: rs.Scheme = rs.systematic,
     ess_threshold: float = 0.5,
     max_num_steps: int = 200,
+    mesh: Mesh | None = None,
 ) -> AdaptiveResult:
     """ESS-adaptive tempered SMC (pilot run): ``beta_t`` by bisection so that the ESS after
     reweighting is ``target_ess * N`` (:func:`kernels.smc.annealing.next_beta_bisection`).
@@ -228,17 +230,27 @@ def adaptive(
     Freeze the schedule with ``annealing.freeze(result.betas, result.num_steps)`` and pass it
     to :func:`run` for runs whose ``log_Z`` must be unbiased (bounds).
 
+    Args:
+        key, sample_prior_fn, log_prior_fn, log_likelihood_fn, kernel, num_particles,
+            kernel_params, num_mcmc_steps, path, resampling, ess_threshold, mesh: as in
+            :func:`run`.
+        target_ess: the conditional ESS of every reweighting, relative, in ``(0, 1)``.
+        max_num_steps: buffer size; the last step jumps to ``beta = 1``.
+
     Returns:
         :class:`AdaptiveResult`.
     """
     log_pi = _densities(log_prior_fn, log_likelihood_fn, path)
     move = mcmc_move(kernel, kernel_params, num_mcmc_steps)
     n = num_particles
+    if mesh is not None:
+        sharding.check_divisible(n, mesh)
+    shard, replicate = sharding.constrain_fn(mesh), sharding.replicate_fn(mesh)
     k0, key = jax.random.split(key)
-    x0 = jax.vmap(sample_prior_fn)(jax.random.split(k0, n))
+    x0 = shard(jax.vmap(sample_prior_fn)(jax.random.split(k0, n)))
     betas0 = jnp.ones(max_num_steps + 1).at[0].set(0.0)
     ess0 = jnp.zeros(max_num_steps)
-    log_w0 = jnp.full(n, -jnp.log(n))
+    log_w0 = replicate(jnp.full(n, -jnp.log(n)))
 
     def cond(c):
         x, log_w, log_Z, betas, t, ess, key = c
@@ -247,12 +259,15 @@ def adaptive(
     def body(c):
         x, log_w, log_Z, betas, t, ess, key = c
         key, k_res, k_move = jax.random.split(key, 3)
-        anc, _, log_w = rs.resample_if(k_res, log_w, ess_threshold, resampling)
-        x = sequential.gather(x, anc)
+        x, log_w, _, _ = sequential.resample(k_res, x, log_w, ess_threshold, resampling, mesh)
         beta = betas[t]
         x = jax.vmap(move, (0, 0, None))(jax.random.split(k_move, n), x, lambda z: log_pi(z, beta))
-        lp_prev = jax.vmap(lambda z: log_pi(z, beta))(x)
-        inc_fn = lambda b: jax.vmap(lambda z: log_pi(z, b))(x) - lp_prev
+        x = shard(x)
+        # prior and target log densities once per particle; the bisection reuses them
+        lp = jax.vmap(log_prior_fn)(x)
+        lt = lp + jax.vmap(log_likelihood_fn)(x)
+        lp, lt = replicate((lp, lt))
+        inc_fn = lambda b: path(lp, lt, b) - path(lp, lt, beta)  # noqa: E731
         nb = annealing.next_beta_bisection(log_w, inc_fn, beta, target_ess)
         nb = jnp.where(t + 1 == max_num_steps, 1.0, nb)
         log_w = log_w + inc_fn(nb)
