@@ -41,6 +41,7 @@ import numpy as np
 from kernels.smc import resampling
 from kernels.types import Array, ArrayTree, PRNGKey
 from lm_inference.base import broadcast_cache, reorder_cache
+from lm_inference.sampling import categorical
 from lm_inference.target import Target
 
 __all__ = ["SMCResult", "smc", "teacher_force", "TeacherForced"]
@@ -87,7 +88,7 @@ def _build(target: Target, twist, num_particles: int, scheme, ess_threshold: flo
         lpsi = _log_psi(twist, tparams, out.hidden, tokens, t, n, v)
         lq = logp0 + lpsi
         lognorm = jax.nn.logsumexp(lq, axis=-1)
-        s = jax.random.categorical(key, lq, axis=-1).astype(jnp.int32)
+        s = categorical(key, lq)
         if cond:
             s = s.at[0].set(ref_t)
         s = jnp.where(done, eos, s)

@@ -8,7 +8,7 @@ from lm_inference.twist_training import train_twist
 from lm_inference.twisted_smc import smc, teacher_force
 from tests.lm_inference._tiny import tiny
 
-R = 96
+R = 192  # runs: enough power for the gap comparison (z > 4) below
 
 
 @pytest.fixture(scope="module")

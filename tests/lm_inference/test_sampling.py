@@ -127,3 +127,26 @@ def test_bad_arguments(lm):
     ]:
         with pytest.raises(ValueError, match=msg):
             lm_inference.sample(jax.random.key(0), lm, PROMPT, **kw)
+
+
+@pytest.mark.parametrize("v", [3, 256, 700])
+def test_categorical_exact_frequencies_and_never_zero_probability(v):
+    """Two-level inverse CDF: frequencies match softmax (vocabularies below, at and across the
+    256-token block size), and -inf tokens are never drawn."""
+    from lm_inference.sampling import categorical
+
+    rng = np.random.RandomState(v)
+    logits = 3.0 * rng.randn(v)
+    logits[rng.rand(v) < 0.3] = -np.inf  # a third of the vocabulary is impossible
+    logits[0] = 1.0
+    n = 200_000
+    draws = np.asarray(
+        categorical(jax.random.key(v), jnp.broadcast_to(jnp.asarray(logits), (n, v)))
+    )
+    counts = np.bincount(draws, minlength=v)
+    probs = np.asarray(jax.nn.softmax(jnp.asarray(logits)), np.float64)
+    assert np.all(counts[np.isneginf(logits)] == 0)
+    assert _chi2_pvalue(counts, probs) > 1e-4
+    # extreme ranges: one token carries all the mass up to float32 precision
+    spike = jnp.full((4, v), -1e30).at[:, v - 1].set(0.0)
+    assert np.all(np.asarray(categorical(jax.random.key(0), spike)) == v - 1)
