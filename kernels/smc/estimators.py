@@ -5,11 +5,14 @@ With ``Z`` the normalizer of the target ``sigma = sigma_tilde / Z``:
 
 * lower bounds, ``E[log Z_hat] <= log Z`` because ``E[Z_hat] = Z`` (Jensen): SMC
   (:func:`smc_lower_bound`), IWAE / importance sampling (:func:`iwae_lower_bound`), forward AIS
-  (SMC with one particle and no resampling);
+  (:func:`ais_lower_bound`, SMC with one particle);
 * upper bounds, ``E[log Z_hat] >= log Z`` because ``E[1 / Z_hat] = 1 / Z`` when the reference is
   an exact draw from ``sigma``: conditional SMC (:func:`csmc_upper_bound`), IWAE upper bound
   (:func:`iwae_upper_bound`: one exact sample among ``N - 1`` proposals), reverse AIS
-  (conditional SMC with one particle).
+  (:func:`reverse_ais_upper_bound`, conditional SMC with one particle; Grosse, Ghahramani and
+  Adams 2015, "BDMC").
+
+Every estimator returns one value per run, ``[R]``.
 
 KL intervals from a lower bound ``L`` and an upper bound ``U`` on ``log Z``, with
 ``f_q = E_q[log sigma_tilde - log q]`` (the ELBO) and ``g_q = E_sigma[log sigma_tilde - log q]``
@@ -20,7 +23,7 @@ KL(\sigma \| q) = g_q - \log Z \in [g_q - U, g_q - L].$$
 """
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +37,8 @@ __all__ = [
     "csmc_upper_bound",
     "iwae_lower_bound",
     "iwae_upper_bound",
+    "ais_lower_bound",
+    "reverse_ais_upper_bound",
     "KLIntervals",
     "kl_intervals",
     "LogZSummary",
@@ -111,6 +116,104 @@ def iwae_upper_bound(log_weight_exact: Array, log_weights_q: Array) -> Array:
     return log_mean_exp(lw, -1)
 
 
+def _ais_weight(log_prior_fn, log_likelihood_fn, path, betas, xs):
+    """``sum_t log pi_{beta_t}(x_t) - log pi_{beta_{t-1}}(x_t)`` along ``xs`` (time first)."""
+
+    def inc(t, x):
+        lp = log_prior_fn(x)
+        lt = lp + log_likelihood_fn(x)
+        return path(lp, lt, betas[t]) - path(lp, lt, betas[t - 1])
+
+    steps = jnp.arange(1, betas.shape[0])
+    return jnp.sum(jax.vmap(inc)(steps, jax.tree.map(lambda a: a[1:], xs)))
+
+
+def ais_lower_bound(
+    key: PRNGKey,
+    sample_prior_fn: Callable,
+    log_prior_fn: Callable,
+    log_likelihood_fn: Callable,
+    betas: Array,
+    kernel: Any,
+    num_runs: int,
+    **tempering_kwargs: Any,
+) -> Array:
+    """``[R]`` forward AIS log weights (Neal 2001): stochastic lower bounds of ``log Z``.
+
+    AIS is :func:`kernels.smc.tempering.run` with one particle: ``x_0 ~ pi_0``,
+    ``x_t ~ K_{beta_{t-1}}(x_{t-1}, .)``, ``log w = sum_t log pi_{beta_t}(x_t) -
+    log pi_{beta_{t-1}}(x_t)``, and ``E[w] = Z``.
+
+    Args:
+        key: PRNG key.
+        sample_prior_fn, log_prior_fn, log_likelihood_fn, betas, kernel: as in
+            :func:`kernels.smc.tempering.run` (``betas`` fixed, e.g. frozen from a pilot).
+        num_runs: ``R``.
+        **tempering_kwargs: ``kernel_params``, ``num_mcmc_steps``, ``path``.
+    """
+    from kernels.smc import tempering
+
+    def one(k):
+        return tempering.run(
+            k,
+            sample_prior_fn,
+            log_prior_fn,
+            log_likelihood_fn,
+            betas,
+            kernel,
+            1,
+            ess_threshold=0.0,
+            **tempering_kwargs,
+        ).log_Z
+
+    return jax.vmap(one)(jax.random.split(key, num_runs))
+
+
+def reverse_ais_upper_bound(
+    key: PRNGKey,
+    exact_sample_fn: Callable[[PRNGKey], ArrayTree],
+    log_prior_fn: Callable,
+    log_likelihood_fn: Callable,
+    betas: Array,
+    kernel: Any,
+    num_runs: int,
+    **tempering_kwargs: Any,
+) -> Array:
+    """``[R]`` reverse AIS log weights: stochastic upper bounds of ``log Z`` (BDMC).
+
+    From an exact target draw ``x_K ~ pi_1 / Z``, the chain runs backwards
+    ``x_{t-1} ~ K_{beta_{t-1}}(x_t, .)`` (:func:`kernels.smc.tempering.reference_path`; the
+    kernels must be reversible) and ``log w`` is the forward AIS weight of that path, so that
+    ``E[1 / w] = 1 / Z``. Equal to conditional SMC with one particle clamped to the path.
+
+    Args:
+        key: PRNG key.
+        exact_sample_fn: ``key -> x`` an exact draw from the normalized target.
+        log_prior_fn, log_likelihood_fn, betas, kernel: as in :func:`ais_lower_bound`.
+        num_runs: ``R``.
+        **tempering_kwargs: ``kernel_params``, ``num_mcmc_steps``, ``path``.
+    """
+    from kernels.smc import annealing, tempering
+
+    betas = jnp.asarray(betas)
+    path = tempering_kwargs.get("path", annealing.geometric)
+
+    def one(k):
+        k1, k2 = jax.random.split(k)
+        xs = tempering.reference_path(
+            k2,
+            exact_sample_fn(k1),
+            log_prior_fn,
+            log_likelihood_fn,
+            betas,
+            kernel,
+            **tempering_kwargs,
+        )
+        return _ais_weight(log_prior_fn, log_likelihood_fn, path, betas, xs)
+
+    return jax.vmap(one)(jax.random.split(key, num_runs))
+
+
 class KLIntervals(NamedTuple):
     """Intervals (lo, hi) for ``KL(q || sigma)`` and ``KL(sigma || q)``, and ``f_q``, ``g_q``."""
 
@@ -120,20 +223,27 @@ class KLIntervals(NamedTuple):
     eubo: Array
 
 
-def kl_intervals(lower: Array, upper: Array, log_w_q: Array, log_w_sigma: Array) -> KLIntervals:
+def kl_intervals(
+    lower: Array, upper: Array, log_w_q: Array, log_w_sigma: Array, per_run: bool = False
+) -> KLIntervals:
     """KL intervals from log Z bounds and single-sample log weights.
 
     Args:
-        lower: ``[R]`` or scalar lower-bound estimates of ``log Z`` (their mean is used).
+        lower: ``[R]`` or scalar lower-bound estimates of ``log Z``.
         upper: ``[R]`` or scalar upper-bound estimates.
         log_w_q: ``[M]`` ``log sigma_tilde(x) - log q(x)`` at ``x ~ q`` (``f_q`` = mean).
         log_w_sigma: ``[M]`` the same at exact draws ``x ~ sigma`` (``g_q`` = mean).
+        per_run: ``False``: intervals from the means of ``lower`` and ``upper``; ``True``: one
+            interval per run, ``[L_r - f_q, U_r - f_q]`` and ``[g_q - U_r, g_q - L_r]``
+            (arrays ``[R]``).
 
     Returns:
         :class:`KLIntervals` with ``KL(q||sigma) in [L - f_q, U - f_q]`` and
         ``KL(sigma||q) in [g_q - U, g_q - L]``.
     """
-    L, U = jnp.mean(lower), jnp.mean(upper)
+    L, U = jnp.asarray(lower), jnp.asarray(upper)
+    if not per_run:
+        L, U = jnp.mean(L), jnp.mean(U)
     f, g = jnp.mean(log_w_q), jnp.mean(log_w_sigma)
     return KLIntervals((L - f, U - f), (g - U, g - L), f, g)
 

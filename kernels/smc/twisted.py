@@ -12,7 +12,10 @@ With the twist-induced proposal ``q_t ∝ p_0 psi_t`` (``proposal="twist"``, com
 whole vocabulary in one pass) the weight ``sum_v p_0(v | s_{<t}) psi_t(s_{<t}, v) /
 psi_{t-1}(s_{<t})`` does not depend on the sampled token; with exact twists every particle has the
 same weight and ``log_Z`` is exact (zero variance). ``proposal="base"`` samples from ``p_0``
-(bootstrap). ``log_twist_fn=None`` means ``psi_t = 1`` for ``t < T`` (plain SMC on ``p_0``).
+(bootstrap); a function ``(tokens, t) -> [V]`` gives any other proposal's logits (e.g. a learned
+proposal network), weighted by eq. 6. ``log_twist_fn=None`` means ``psi_t = 1`` for ``t < T``
+(plain SMC on ``p_0``); any function of the prefix works, e.g. a learned twist head (see
+``lm_inference.twists`` for training by contrastive twist learning).
 
 Conditional SMC: ``reference`` (``[T]`` tokens, an exact draw from ``sigma``) is clamped in
 particle 0 and gives an upper-bound estimate (paper sec. 4).
@@ -39,7 +42,7 @@ def run(
     num_particles: int,
     *,
     log_twist_fn: Callable[[Array, Array], Array] | None = None,
-    proposal: str = "twist",
+    proposal: str | Callable[[Array, Array], Array] = "twist",
     resampling: rs.Scheme = rs.systematic,
     ess_threshold: float = 1.0,
     reference: Array | None = None,
@@ -56,17 +59,24 @@ def run(
         num_particles: ``N``.
         log_twist_fn: ``(tokens [T], t) -> [V]`` ``log psi_t(s_{<t}, v)`` for ``t < T - 1``;
             ``None`` for no twist.
-        proposal: ``"twist"`` (``q ∝ p_0 psi``) or ``"base"`` (``q = p_0``).
+        proposal: ``"twist"`` (``q ∝ p_0 psi``), ``"base"`` (``q = p_0``), or a function
+            ``(tokens [T], t) -> [V]`` of (unnormalized) proposal log probabilities
+            ``log q_t(s_t = v | s_{<t})``; it must be finite wherever ``p_0 psi_t > 0``.
         resampling: resampling scheme.
         ess_threshold: relative ESS threshold (1: resample at every step).
         reference: ``[T]`` reference tokens for conditional SMC, or ``None``.
 
     Returns:
         :class:`kernels.smc.sequential.SMCResult`; ``particles`` is a dict with ``tokens``
-        ``[N, T]`` and per-particle ``log_psi`` ``[N, V]`` of the last step.
+        ``[N, T]`` and the last step's per-particle ``log_psi``, ``log_p0`` (and ``log_q``)
+        ``[N, V]``.
     """
-    if proposal not in ("twist", "base"):
-        raise ValueError(f'proposal must be "twist" or "base", got {proposal!r}')
+    custom = callable(proposal)
+    if not custom and proposal not in ("twist", "base"):
+        raise ValueError(
+            f'proposal must be "twist", "base" or a function (tokens, t) -> [V] log q, '
+            f"got {proposal!r}"
+        )
     T, V = num_tokens, vocab_size
 
     def log_psi_all(tokens, p):
@@ -88,27 +98,38 @@ def run(
         return jnp.where(p == 0, 0.0, val)
 
     def init_fn(k, n):
-        return {
+        x = {
             "tokens": jnp.zeros((n, T), jnp.int32),
             "log_psi": jnp.zeros((n, V)),
             "log_p0": jnp.zeros((n, V)),
         }
+        return {**x, "log_q": jnp.zeros((n, V))} if custom else x
 
     def propose_fn(k, x, t):
         p = t - 1
         lp0 = jax.vmap(log_p0_fn, (0, None))(x["tokens"], p)
         lpsi = jax.vmap(log_psi_all, (0, None))(x["tokens"], p)
-        logits = lp0 + lpsi if proposal == "twist" else lp0
+        out = {"log_psi": lpsi, "log_p0": lp0}
+        if custom:
+            logits = jax.nn.log_softmax(jax.vmap(proposal, (0, None))(x["tokens"], p), axis=-1)
+            out["log_q"] = logits
+        else:
+            logits = lp0 + lpsi if proposal == "twist" else lp0
         s = jax.random.categorical(k, logits, axis=-1).astype(jnp.int32)
-        return {"tokens": x["tokens"].at[:, p].set(s), "log_psi": lpsi, "log_p0": lp0}
+        return {"tokens": x["tokens"].at[:, p].set(s), **out}
+
+    def at_token(a, s):
+        return jnp.take_along_axis(a, s[:, None], axis=1)[:, 0]
 
     def log_weight_fn(xp, x, t):
         p = t - 1
         s = x["tokens"][:, p]
-        if proposal == "twist":
+        if custom:  # p_0 psi_t / (q psi_{t-1}), eq. 6
+            new = at_token(x["log_p0"] + x["log_psi"] - x["log_q"], s)
+        elif proposal == "twist":
             new = jax.nn.logsumexp(x["log_p0"] + x["log_psi"], axis=-1)
         else:
-            new = jnp.take_along_axis(x["log_psi"], s[:, None], axis=1)[:, 0]
+            new = at_token(x["log_psi"], s)
         return new - prev_psi(xp, p)
 
     ref = None
