@@ -15,6 +15,9 @@ _EXPORTS = {
     "SUPPORTED_ARCHITECTURES": "lm_inference.loading",
     "sample": "lm_inference.sampling",
     "sequence_logprob": "lm_inference.sampling",
+    "SampleOutput": "lm_inference.sampling",
+    "CheckpointError": "lm_inference.loading",
+    "UnsupportedArchitectureError": "lm_inference.loading",
     "DecodeOutput": "lm_inference.base",
     "reorder_cache": "lm_inference.base",
     "broadcast_cache": "lm_inference.base",
@@ -24,6 +27,7 @@ _EXPORTS = {
     "train_twist": "lm_inference.twist_training",
     "bidirectional_bounds": "lm_inference.bounds",
     "potentials": "lm_inference.potentials",
+    "bounds": "lm_inference.bounds",
     "twists": "lm_inference.twists",
 }
 
@@ -31,7 +35,7 @@ _EXPORTS = {
 def __getattr__(name: str):
     if name in _EXPORTS:
         module = importlib.import_module(_EXPORTS[name])
-        return module if module.__name__.endswith(name) else getattr(module, name)
+        return module if module.__name__ == f"lm_inference.{name}" else getattr(module, name)
     raise AttributeError(f"module 'lm_inference' has no attribute {name!r}")
 
 
