@@ -71,6 +71,7 @@ __all__ = [
     "orbit_window",
     "contracting_window",
     "choose",
+    "orbit_info",
     "orbital_step",
     "init",
     "build_kernel",
@@ -217,13 +218,18 @@ def orbit_window(
         ``signed_step``.
     """
     k = jnp.asarray(k, jnp.int32)
+    out = _grow(z0, signed_step, period, k, _window_policy(k, period, num_points))
+    return out.points, out.logdets
+
+
+def _window_policy(k, period, num_points):
+    """Grow backward until k points precede z0, then forward until the window has n points."""
     n = jnp.asarray(period if num_points is None else num_points, jnp.int32)
 
     def policy(c):
         return jnp.where(c.nb < k, -1, jnp.where(c.nf < n - 1 - k, 1, 0))
 
-    out = _grow(z0, signed_step, period, k, policy)
-    return out.points, out.logdets
+    return policy
 
 
 def contracting_window(
@@ -280,8 +286,10 @@ def choose(
     Returns:
         ``(j, transition)``: the chosen slot and the transition probabilities from ``k``.
     """
-    logp = log_weights - jax.nn.logsumexp(log_weights)
-    w = jnp.exp(logp)
+    size = log_weights.shape[0]
+    stay = jax.nn.one_hot(k, size, dtype=jnp.result_type(float))
+    lse = jax.nn.logsumexp(log_weights)
+    w = jnp.exp(log_weights - lse)
     if rotation is None:
         trans = w
     else:
@@ -293,8 +301,13 @@ def choose(
         overlap = sum(
             jnp.maximum(0.0, jnp.minimum(b - s, hi) - jnp.maximum(a - s, lo)) for s in (0.0, 1.0)
         )
-        wk = hi[k] - lo[k]
-        trans = jnp.where(wk > 0, overlap / jnp.where(wk > 0, wk, 1.0), w)
+        total = jnp.sum(overlap)
+        # an arc narrower than the rounding error of `a` is a point: the slot that holds a mod 1
+        point = jnp.clip(jnp.searchsorted(cum, jnp.mod(a, 1.0), side="right") - 1, 0, size - 1)
+        trans = jnp.where(
+            total > 0, overlap / jnp.where(total > 0, total, 1.0), jax.nn.one_hot(point, size)
+        )
+    trans = jnp.where(jnp.isfinite(lse), trans, stay)  # no finite weight at all: stay
     j = jax.random.categorical(rng_key, jnp.log(trans))
     return j.astype(jnp.int32), trans
 
@@ -324,16 +337,37 @@ def orbital_step(
     Returns:
         the tuple ``(chosen_point, chosen_slot, points, log_weights, transition)``.
     """
-    points, logdets = orbit_window(z0, k, signed_step, period, num_points)
-    logw = jax.vmap(logweight_fn)(points) + logdets
-    logw = jnp.where(jnp.isfinite(logw), logw, -jnp.inf)
+    k = jnp.asarray(k, jnp.int32)
+    out = _grow(z0, signed_step, period, k, _window_policy(k, period, num_points), logweight_fn)
+    points, logw = out.points, out.logw
     j, trans = choose(rng_key, logw, k, rotation)
     chosen = jax.tree.map(lambda x: x[j], points)
     return chosen, j, points, logw, trans
 
 
-def _info(logw, k, j, trans, points, num_grad_evals, valid=None):
-    """OrbitalInfo from the window's log weights (``valid``: slots in use)."""
+def orbit_info(
+    logw: Array,
+    k: Array,
+    j: Array,
+    trans: Array,
+    points: ArrayTree,
+    num_grad_evals: Array | int,
+    valid: Array | None = None,
+) -> OrbitalInfo:
+    """:class:`OrbitalInfo` of one transition from the window's log weights.
+
+    Args:
+        logw: unnormalized log weights, shape (P,).
+        k: the current slot.
+        j: the chosen slot.
+        trans: transition probabilities from ``k`` (:func:`choose`).
+        points: the stacked window.
+        num_grad_evals: map applications spent.
+        valid: slots in use (default: the finite weights).
+
+    Returns:
+        The info (acceptance statistic, divergence flag, normalized weights, ...).
+    """
     finite = jnp.isfinite(logw)
     valid = finite if valid is None else valid
     others = valid & (jnp.arange(logw.shape[0]) != k)
@@ -471,7 +505,7 @@ def build_kernel(
             new_index = jnp.mod(j - index_shift, n).astype(jnp.int32)
         new_state = OrbitalState(z.position, z.momentum, z.logdensity, z.logdensity_grad, new_index)
         valid = jnp.arange(period) < n
-        return new_state, _info(logw, k, j, trans, points, n - 1, valid)
+        return new_state, orbit_info(logw, k, j, trans, points, n - 1, valid)
 
     return kernel
 
@@ -509,7 +543,7 @@ def build_contracting_kernel(
         new_state = OrbitalState(
             z.position, z.momentum, z.logdensity, z.logdensity_grad, jnp.zeros((), jnp.int32)
         )
-        info = _info(logw, max_steps, j, trans, points, num_steps, jnp.isfinite(logw))
+        info = orbit_info(logw, max_steps, j, trans, points, num_steps, jnp.isfinite(logw))
         return new_state, info
 
     return kernel
@@ -720,7 +754,7 @@ def periodic_orbital(
             if index_shift is None
             else jnp.mod(j - index_shift, period).astype(jnp.int32)
         )
-        return PeriodicState(z, new_index), _info(logw, k, j, trans, points, period - 1)
+        return PeriodicState(z, new_index), orbit_info(logw, k, j, trans, points, period - 1)
 
     return SamplingAlgorithm(init_fn, step_fn)
 

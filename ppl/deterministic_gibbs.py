@@ -1,9 +1,11 @@
-"""``DeterministicGibbs``: discrete deterministic Gibbs (kernels.flows) as a NumPyro MCMC kernel.
+r"""``DeterministicGibbs``: discrete deterministic Gibbs (:mod:`kernels.flows`) as a NumPyro kernel.
 
 For models whose latent sites are all discrete with finite support. Each element of each latent
-site is one coordinate, moving through the values of ``enumerate_support``. Samples are weighted:
-the field ``weight`` (``extra_fields=("weight",)``) is the time spent in each recorded state, and
-estimates are $\\sum_t w_t f(z_t) / \\sum_t w_t$ (see ``kernels.flows``).
+site is one coordinate, moving through the values of its ``enumerate_support`` with speed
+$c_i / p(x_i \mid x_{-i})$ (:func:`kernels.flows.discrete_deterministic_gibbs`). Every MCMC
+"sample" is one event of the flow: the state that was occupied and the time spent in it.
+Samples are weighted: collect ``extra_fields=("weight",)`` and estimate
+$\sum_t w_t f(z_t) / \sum_t w_t$; :func:`resample` gives an unweighted view.
 """
 
 from __future__ import annotations
@@ -14,45 +16,73 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import numpyro
 from numpyro import handlers
+from numpyro.infer.mcmc import MCMCKernel
 from numpyro.infer.util import log_density
+from numpyro.util import is_prng_key
 
 from kernels import flows
-from kernels.types import Array, ArrayTree
+from kernels.types import Array, ArrayTree, PRNGKey
 
-__all__ = ["DeterministicGibbs", "DGibbsSample"]
+__all__ = ["DeterministicGibbs", "DGibbsSample", "resample"]
 
 
 class DGibbsSample(NamedTuple):
-    """Kernel state: ``z`` (site values of the state occupied), ``weight`` (time spent in it),
-    ``inner`` (the :class:`kernels.flows.DGibbsState`)."""
+    """State of :class:`DeterministicGibbs`.
+
+    Attributes:
+        z: site values of the state occupied during the last event.
+        weight: the time spent in it.
+        inner: the :class:`kernels.flows.DGibbsState` (integer state, cell positions, speeds).
+        num_density_evals: log-joint evaluations of the last event.
+    """
 
     z: ArrayTree
     weight: Array
     inner: flows.DGibbsState
+    num_density_evals: Array
 
 
-class DeterministicGibbs(numpyro.infer.mcmc.MCMCKernel):
+class DeterministicGibbs(MCMCKernel):
     """Discrete deterministic Gibbs for NumPyro models with finite discrete latent sites.
+
+    Example::
+
+        mcmc = MCMC(DeterministicGibbs(model), num_warmup=0, num_samples=2000, num_chains=8,
+                    chain_method="vectorized")
+        mcmc.run(key, data, extra_fields=("weight",))
+        w = mcmc.get_extra_fields()["weight"]
+        z = mcmc.get_samples()["z"]
+        estimate = (w[:, None] * z).sum(0) / w.sum()
 
     Args:
         model: a NumPyro model whose latent (non-observed) sites all have
             ``has_enumerate_support``.
-        speed: optional speeds $c_i$ (one per flattened coordinate); default $U(0.5, 1.5)$.
+        speed: optional speeds $c_i > 0$ (a scalar, or one per flattened coordinate in site
+            order); default $c_i \\sim U(0.5, 1.5)$ per chain.
     """
 
     sample_field = "z"
 
-    def __init__(self, model: Callable, speed: Array | None = None):
+    def __init__(self, model: Callable, speed: Array | float | None = None):
+        if not callable(model):
+            raise TypeError(
+                f"model must be a NumPyro model (callable), got {type(model).__name__}."
+            )
         self._model = model
         self._speed = speed
         self._step = None
+        self._to_values = None
 
     @property
-    def model(self):
-        """The NumPyro model."""
+    def model(self) -> Callable:
+        """The NumPyro model (arviz reads it)."""
         return self._model
+
+    @property
+    def default_fields(self) -> tuple[str, ...]:
+        """Fields collected by default: ``("z",)``; add ``"weight"`` via ``extra_fields``."""
+        return ("z",)
 
     def _setup(self, rng_key, model_args, model_kwargs):
         tr = handlers.trace(handlers.seed(self._model, rng_key)).get_trace(
@@ -76,67 +106,89 @@ class DeterministicGibbs(numpyro.infer.mcmc.MCMCKernel):
                     f"has {type(fn).__name__}. Marginalize or reparametrize continuous sites."
                 )
             values = np.asarray(fn.enumerate_support(expand=False)).reshape(-1)
-            shape = np.shape(site["value"])
-            layout.append((name, shape, jnp.asarray(values)))
-            supports += [len(values)] * int(np.prod(shape, dtype=int))
-        self._layout = layout
+            layout.append((name, np.shape(site["value"]), values))
+            supports += [len(values)] * int(np.prod(np.shape(site["value"]), dtype=int))
+
+        def to_indices(params):
+            """Flattened support indices of a dict of site values (missing: the prior draw)."""
+            x = []
+            for name, shape, values in layout:
+                value = params.get(name, sites[name]["value"])
+                v = np.asarray(value).reshape(-1)
+                if v.size != int(np.prod(shape, dtype=int)):
+                    raise ValueError(
+                        f"init_params[{name!r}] has {v.size} entries, the site has shape {shape}."
+                    )
+                index = np.argmin(np.abs(values[:, None] - v[None]), axis=0)
+                if not np.allclose(values[index], v):
+                    raise ValueError(
+                        f"init_params[{name!r}] = {value} is outside the support {values}."
+                    )
+                x += index.tolist()
+            return jnp.asarray(x, jnp.int32)
 
         def to_values(x):
             out, i = {}, 0
             for name, shape, values in layout:
                 n = int(np.prod(shape, dtype=int))
-                out[name] = values[x[i : i + n]].reshape(shape)
+                out[name] = jnp.asarray(values)[x[i : i + n]].reshape(shape)
                 i += n
             return out
 
         def log_joint(x):
             return log_density(self._model, model_args, model_kwargs, to_values(x))[0]
 
-        self._to_values = to_values
         init, step = flows.discrete_deterministic_gibbs(log_joint, supports)
-        x0 = []
-        for name, _shape, values in layout:
-            v = np.asarray(sites[name]["value"]).reshape(-1)
-            x0 += [
-                int(np.argmin(np.abs(np.asarray(values)[:, None] - v[None]), axis=0)[j])
-                for j in range(v.size)
-            ]
-        return init, step, jnp.asarray(x0, jnp.int32)
+        return init, step, to_values, to_indices
 
     def init(
         self,
-        rng_key: Array,
+        rng_key: PRNGKey,
         num_warmup: int,
         init_params: Any,
         model_args: tuple,
         model_kwargs: dict,
     ) -> DGibbsSample:
-        """Trace the model, enumerate supports, and start at the model's prior draw.
+        """Trace the model, enumerate supports, and start at ``init_params`` or a prior draw.
 
         Args:
             rng_key: PRNG key (a batch of keys for vectorized chains).
-            num_warmup: unused (no adaptation).
-            init_params: unused.
+            num_warmup: unused (no adaptation; warmup events are discarded by ``MCMC``).
+            init_params: optional dict of initial site values (in the sites' own values; with a
+                leading chain axis for several chains).
             model_args: positional arguments of the model.
             model_kwargs: keyword arguments of the model.
 
         Returns:
-            the initial :class:`DGibbsSample`.
+            The initial :class:`DGibbsSample`.
         """
-        batched = jnp.ndim(rng_key) > 0 and not jax.dtypes.issubdtype(rng_key.dtype, jnp.uint32)
-        batched = batched or (jnp.ndim(rng_key) > 1)
+        batched = not is_prng_key(rng_key)
         first = rng_key[0] if batched else rng_key
-        init, step, x0 = self._setup(first, model_args, model_kwargs)
-        self._step = step
+        init, self._step, self._to_values, to_indices = self._setup(
+            first, model_args, model_kwargs or {}
+        )
+        params = {} if init_params is None else dict(init_params)
+        if batched:
+            n = len(rng_key)
+            x0 = jnp.stack([to_indices({k: v[c] for k, v in params.items()}) for c in range(n)])
+        else:
+            x0 = to_indices(params)
 
-        def one(key):
+        def one(key, x0):
             inner = init(key, x0, self._speed)
-            return DGibbsSample(self._to_values(x0), jnp.zeros(()), inner)
+            return DGibbsSample(
+                self._to_values(x0),
+                jnp.zeros((), inner.cell.dtype),
+                inner,
+                jnp.zeros((), jnp.int32),
+            )
 
-        return jax.vmap(one)(rng_key) if batched else one(jax.random.fold_in(rng_key, 1))
+        if batched:
+            return jax.vmap(one)(rng_key, x0)
+        return one(jax.random.fold_in(rng_key, 1), x0)
 
     def sample(self, state: DGibbsSample, model_args: tuple, model_kwargs: dict) -> DGibbsSample:
-        """One event of the flow: returns the state occupied and the time spent in it.
+        """One event of the flow: the state occupied and the time spent in it.
 
         Args:
             state: current state.
@@ -144,17 +196,62 @@ class DeterministicGibbs(numpyro.infer.mcmc.MCMCKernel):
             model_kwargs: unused.
 
         Returns:
-            the next :class:`DGibbsSample`.
+            The next :class:`DGibbsSample`.
         """
+        if self._step is None:
+            raise RuntimeError("Call init (or MCMC.run) before sample.")
 
         def one(inner):
             inner, info = self._step(inner)
-            return DGibbsSample(self._to_values(info.position), info.weight, inner)
+            return DGibbsSample(
+                self._to_values(info.position), info.weight, inner, info.num_density_evals
+            )
 
         if jnp.ndim(state.weight) > 0:  # vectorized chains
             return jax.vmap(one)(state.inner)
         return one(state.inner)
 
-    def postprocess_fn(self, args, kwargs):
-        """Identity: sites are sampled in their own (discrete) values."""
+    def postprocess_fn(self, args: tuple, kwargs: dict) -> Callable:
+        """Identity: the sites are sampled in their own (discrete) values.
+
+        Args:
+            args: model positional arguments (unused).
+            kwargs: model keyword arguments (unused).
+
+        Returns:
+            ``z -> z``.
+        """
         return lambda z: z
+
+    def get_diagnostics_str(self, state: DGibbsSample) -> str:
+        """Progress-bar text: the time of the last event.
+
+        Args:
+            state: current state.
+
+        Returns:
+            The text.
+        """
+        return f"time in state {float(state.weight):.3g}"
+
+
+def resample(key: PRNGKey, samples: dict, weights: Array, num_samples: int | None = None) -> dict:
+    """Unweighted view of weighted samples (systematic resampling by the times spent).
+
+    Args:
+        key: PRNG key.
+        samples: ``mcmc.get_samples()`` (leading axis: events).
+        weights: ``mcmc.get_extra_fields()["weight"]``, same leading axis.
+        num_samples: number of draws (default: as many as events).
+
+    Returns:
+        A dict like ``samples`` whose draws have equal weights.
+    """
+    weights = jnp.asarray(weights)
+    if weights.ndim != 1:
+        raise ValueError(
+            f"weights must be one-dimensional (events), got shape {weights.shape}; use "
+            "get_samples() and get_extra_fields() without group_by_chain."
+        )
+    n = weights.shape[0] if num_samples is None else int(num_samples)
+    return flows.resample(key, samples, weights, n)

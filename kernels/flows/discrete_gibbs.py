@@ -1,19 +1,22 @@
-r"""Deterministic measure-preserving dynamics (Neklyudov, Bondesan, Welling, arXiv 2106.10188).
+r"""Discrete deterministic Gibbs (Neklyudov, Bondesan, Welling, arXiv 2106.10188, Sec. 4).
 
-Discrete deterministic Gibbs. The state is $x \in \prod_i \{0, \dots, K_i - 1\}$ together with a
-position $u_i \in [0, 1)$ inside the unit cell of each coordinate. Each coordinate moves with speed
+The state is $x \in \prod_i \{0, \dots, K_i - 1\}$ together with a position $u_i \in [0, 1)$
+inside the unit cell of each coordinate. Each coordinate moves with speed
 
-$$ \dot u_i = c_i / p(x_i \mid x_{-i}). $$
+$$ \dot u_i = v_i(x) = c_i / p(x_i \mid x_{-i}). $$
 
-The flux $p(x)\,\dot u_i = p(x_{-i})\,c_i$ does not depend on $x_i$, so the piecewise-constant
-velocity field has $\mathrm{div}(p v) = 0$ across every cell border (paper, Sec. 4): the flow
-preserves $p(x)\,du$. The coordinate that reaches its border first, after time
+The flux $p(x)\,v_i(x) = c_i\,p(x_{-i})$ does not depend on $x_i$, so the piecewise-constant
+velocity field has $\mathrm{div}(p v) = 0$ across every cell border: the flow preserves
+$p(x)\,du$ (the flux out of $x$ through the upper border of coordinate $i$ equals the flux into
+$x + e_i$ through its lower border). The coordinate that reaches its border first, after time
 $\tau_i = (1 - u_i)\,p(x_i \mid x_{-i}) / c_i$, advances ($x_i \leftarrow x_i + 1 \bmod K_i$,
-$u_i \leftarrow 0$); every other $u_j$ moves by $\tau\,c_j / p(x_j \mid x_{-j})$. The time spent in
-a state is its weight: $\hat E f = \sum_t \tau_t f(x_t) / \sum_t \tau_t$.
+$u_i \leftarrow 0$); every other $u_j$ moves by $\tau\,c_j / p(x_j \mid x_{-j})$. The time spent
+in a state is its weight: $\hat E f = \sum_t \tau_t f(x_t) / \sum_t \tau_t$
+(:func:`kernels.flows.weighted_mean`).
 
-Weighted outputs are first-class: :func:`weighted_mean` forms the estimate, and :func:`resample`
-gives an unweighted view (systematic resampling of the visited states by their times).
+Each event needs $p(x_i \mid x_{-i})$ of every coordinate at the new state: one log-joint
+evaluation at $x$ and one at each $x$ with $x_i$ replaced by another value,
+$1 + \sum_i (K_i - 1)$ evaluations (``info.num_density_evals``).
 """
 
 from __future__ import annotations
@@ -31,8 +34,7 @@ __all__ = [
     "DGibbsState",
     "DGibbsInfo",
     "discrete_deterministic_gibbs",
-    "weighted_mean",
-    "resample",
+    "current_log_conditionals",
     "ising_log_joint",
 ]
 
@@ -52,8 +54,14 @@ class DGibbsState(NamedTuple):
 
 
 class DGibbsInfo(NamedTuple):
-    """One event: the state that was occupied, the time spent in it (its weight), which
-    coordinate advanced, and the number of log-joint evaluations spent (sum of K_i)."""
+    """One event of discrete deterministic Gibbs.
+
+    Attributes:
+        position: the state that was occupied, shape (d,).
+        weight: the time spent in it (its weight in estimates).
+        moved: the coordinate that advanced at the end of the stay.
+        num_density_evals: log-joint evaluations spent, $1 + \\sum_i (K_i - 1)$.
+    """
 
     position: Array
     weight: Array
@@ -61,19 +69,42 @@ class DGibbsInfo(NamedTuple):
     num_density_evals: Array
 
 
-def _conditionals(log_joint, x, supports):
-    """log p(x_i = v | x_-i) for every i and v < K_max (padded with -inf), shape (d, K_max)."""
+def _check_supports(supports) -> tuple[int, ...]:
+    supports = tuple(int(k) for k in np.asarray(supports).ravel())
+    if len(supports) == 0 or min(supports) < 1:
+        raise ValueError(f"supports must be a non-empty list of positive sizes, got {supports}.")
+    return supports
+
+
+def current_log_conditionals(
+    log_joint: Callable[[Array], Array], x: Array, supports: tuple[int, ...]
+) -> Array:
+    """$\\log p(x_i \\mid x_{-i})$ of the current values, for every coordinate, shape (d,).
+
+    Args:
+        log_joint: $\\log p(x)$ up to a constant.
+        x: integer state, shape (d,).
+        supports: sizes $K_i$.
+
+    Returns:
+        The log conditionals ($0$ for coordinates with $K_i = 1$); costs
+        $1 + \\sum_i (K_i - 1)$ evaluations of ``log_joint``.
+    """
     d, kmax = x.shape[0], int(max(supports))
-    values = jnp.arange(kmax)
-    valid = values[None, :] < jnp.asarray(supports)[:, None]
+    kvec = jnp.asarray(supports)
+    lp_x = log_joint(x)
+    if kmax == 1:
+        return jnp.zeros(d, jnp.result_type(float))
+    shifts = jnp.arange(1, kmax)  # the other values x_i + m mod K_i, m = 1..K_i - 1
+    valid = shifts[None, :] < kvec[:, None]  # (d, kmax - 1)
 
     def row(i):
-        xs = jnp.where(valid[i][:, None], x[None, :].repeat(kmax, 0).at[:, i].set(values), x[None])
-        return jax.vmap(log_joint)(xs)
+        values = jnp.mod(x[i] + shifts, kvec[i])
+        return jax.vmap(lambda v: log_joint(x.at[i].set(v)))(values)
 
-    lj = jax.vmap(row)(jnp.arange(d))
-    lj = jnp.where(valid, lj, -jnp.inf)
-    return lj - jax.nn.logsumexp(lj, axis=1, keepdims=True)
+    others = jnp.where(valid, jax.vmap(row)(jnp.arange(d)), -jnp.inf)
+    lse = jnp.logaddexp(lp_x, jax.nn.logsumexp(others, axis=1))
+    return lp_x - lse
 
 
 def discrete_deterministic_gibbs(
@@ -83,66 +114,68 @@ def discrete_deterministic_gibbs(
 
     Args:
         log_joint: $\\log p(x)$ up to a constant, for an int vector ``x`` of shape (d,).
-        supports: sizes $K_i \\ge 2$ of each coordinate's support (length d).
+        supports: sizes $K_i \\ge 1$ of each coordinate's support (length d).
 
     Returns:
         ``(init, step)``: ``init(key, position, speed=None) -> DGibbsState`` draws the cell
         positions uniformly (and speeds $c_i \\sim U(0.5, 1.5)$ unless given);
-        ``step(state) -> (state, info)`` is deterministic and processes one event.
+        ``step(state) -> (state, info)`` is deterministic and processes one event
+        (:class:`DGibbsInfo`: the state occupied and the time spent in it).
     """
-    supports = tuple(int(k) for k in np.asarray(supports).ravel())
-    if len(supports) == 0 or min(supports) < 1:
-        raise ValueError(f"supports must be a non-empty list of positive sizes, got {supports}.")
+    supports = _check_supports(supports)
     d = len(supports)
     kvec = jnp.asarray(supports)
-    evals = sum(supports)
+    evals = 1 + sum(k - 1 for k in supports)
+    if max(supports) == 1:
+        raise ValueError("Every coordinate has a single value: there is nothing to sample.")
 
     def init(key: PRNGKey, position, speed=None) -> DGibbsState:
         position = jnp.asarray(position, jnp.int32)
         if position.shape != (d,):
             raise ValueError(f"position must have shape ({d},), got {position.shape}.")
+        if not isinstance(position, jax.core.Tracer) and bool(
+            jnp.any((position < 0) | (position >= kvec))
+        ):
+            raise ValueError(f"position must satisfy 0 <= x_i < K_i = {supports}, got {position}.")
         k1, k2 = jax.random.split(key)
         cell = jax.random.uniform(k1, (d,))
         if speed is None:
             speed = jax.random.uniform(k2, (d,), minval=0.5, maxval=1.5)
-        return DGibbsState(position, cell, jnp.asarray(speed, cell.dtype))
+        speed = jnp.broadcast_to(jnp.asarray(speed, cell.dtype), (d,))
+        if not isinstance(speed, jax.core.Tracer) and not bool(jnp.all(speed > 0)):
+            raise ValueError(f"speed must be positive, got {speed}.")
+        return DGibbsState(position, cell, speed)
 
     def step(state: DGibbsState) -> tuple[DGibbsState, DGibbsInfo]:
         x = state.position
-        logc = _conditionals(log_joint, x, supports)
-        logp = jnp.take_along_axis(logc, x[:, None], axis=1)[:, 0]
-        # time to reach the border: (1 - u) p / c, in log space for stability
-        log_tau = jnp.log1p(-state.cell) + logp - jnp.log(state.speed)
+        logp = current_log_conditionals(log_joint, x, supports)
+        log_speed = jnp.log(state.speed) - logp  # log v_i = log c_i - log p(x_i | x_-i)
+        # time to reach the border, (1 - u) / v, in log space
+        log_tau = jnp.log1p(-state.cell) - log_speed
         log_tau = jnp.where(kvec > 1, log_tau, jnp.inf)
         i = jnp.argmin(log_tau)
         tau = jnp.exp(log_tau[i])
-        cell = state.cell + jnp.exp(log_tau[i] - logp + jnp.log(state.speed))
+        cell = state.cell + jnp.exp(log_tau[i] + log_speed)
         cell = jnp.clip(cell, 0.0, 1.0).at[i].set(0.0)
         newx = x.at[i].set((x[i] + 1) % kvec[i])
-        info = DGibbsInfo(x, tau, i, jnp.asarray(evals, jnp.int32))
+        info = DGibbsInfo(x, tau, i.astype(jnp.int32), jnp.asarray(evals, jnp.int32))
         return DGibbsState(newx, cell, state.speed), info
 
     return init, step
-
-
-def weighted_mean(values: Array, weights: Array, axis: int = 0) -> Array:
-    """$\\sum_t w_t f_t / \\sum_t w_t$ along ``axis`` (values broadcast against weights)."""
-    w = jnp.expand_dims(weights, tuple(range(weights.ndim, values.ndim)))
-    return jnp.sum(w * values, axis=axis) / jnp.sum(weights, axis=axis)
-
-
-def resample(key: PRNGKey, positions: Array, weights: Array, num_samples: int) -> Array:
-    """Unweighted view: systematic resampling of ``positions`` (T, ...) by ``weights`` (T,)."""
-    cum = jnp.cumsum(weights) / jnp.sum(weights)
-    u = (jax.random.uniform(key) + jnp.arange(num_samples)) / num_samples
-    idx = jnp.clip(jnp.searchsorted(cum, u), 0, weights.shape[0] - 1)
-    return positions[idx]
 
 
 def ising_log_joint(shape: tuple[int, int], beta: float, field: float = 0.0) -> Callable:
     """Log joint of a free-boundary Ising model on a grid, spins $s = 2x - 1$, $x \\in \\{0,1\\}$.
 
     $\\log p(x) = \\beta \\sum_{\\langle ij\\rangle} s_i s_j + h \\sum_i s_i$ (up to a constant).
+
+    Args:
+        shape: grid shape ``(rows, cols)``; ``x`` is the flattened grid.
+        beta: coupling $\\beta$.
+        field: external field $h$.
+
+    Returns:
+        ``log_joint(x)`` for an int vector of length ``rows * cols``.
     """
     rows, cols = shape
 

@@ -13,6 +13,7 @@ from numpyro.infer import MCMC
 from numpyro.infer.util import log_density
 
 import ppl
+from ppl.deterministic_gibbs import resample
 
 Y = jnp.array([0.8, -0.3, 1.5])
 
@@ -61,10 +62,48 @@ def test_deterministic_gibbs_matches_enumeration_and_arviz():
     assert "z" in idata.posterior
 
 
-def test_continuous_site_error():
+def test_sequential_chains_init_params_and_resampled_view():
+    """Two sequential chains from init_params; the resampled (unweighted) view holds each event
+    as often as its time share says (systematic resampling: within one draw)."""
+    mcmc = MCMC(
+        ppl.DeterministicGibbs(model, speed=1.0),
+        num_warmup=100,
+        num_samples=4000,
+        num_chains=2,
+        chain_method="sequential",
+        progress_bar=False,
+    )
+    mcmc.run(
+        jax.random.key(1),
+        init_params={"z": jnp.array([[1, 0, 1], [0, 0, 1]]), "c": jnp.array([2, 0])},
+        extra_fields=("weight", "num_density_evals"),
+    )
+    s, f = mcmc.get_samples(), mcmc.get_extra_fields()
+    assert s["z"].shape == (8000, 3) and s["c"].shape == (8000,)
+    assert np.all(f["num_density_evals"] == 1 + 3 * 1 + 2)  # 1 + sum(K_i - 1)
+    w = np.asarray(f["weight"])
+    assert np.all(w > 0)
+    view = resample(jax.random.key(2), {**s, "event": jnp.arange(8000)}, w)
+    assert view["c"].shape == (8000,)
+    # systematic resampling: each event is drawn within one of its expected count
+    counts = np.bincount(np.asarray(view["event"]), minlength=8000)
+    assert np.all(np.abs(counts - 8000 * w / w.sum()) < 1 + 1e-3)
+    np.testing.assert_array_equal(np.asarray(view["c"]), np.asarray(s["c"])[view["event"]])
+
+
+def test_errors():
     def bad():
         numpyro.sample("x", dist.Normal())
 
     mcmc = MCMC(ppl.DeterministicGibbs(bad), num_warmup=0, num_samples=2, progress_bar=False)
     with pytest.raises(ValueError, match="finite support"):
         mcmc.run(jax.random.key(0))
+    mcmc = MCMC(ppl.DeterministicGibbs(model), num_warmup=0, num_samples=2, progress_bar=False)
+    with pytest.raises(ValueError, match="outside the support"):
+        mcmc.run(jax.random.key(0), init_params={"c": jnp.array(5)})
+    with pytest.raises(ValueError, match="has 2 entries"):
+        mcmc.run(jax.random.key(0), init_params={"z": jnp.array([1, 0])})
+    with pytest.raises(TypeError, match="callable"):
+        ppl.DeterministicGibbs("model")
+    with pytest.raises(ValueError, match="one-dimensional"):
+        resample(jax.random.key(0), {"c": jnp.zeros((2, 3))}, jnp.ones((2, 3)))
