@@ -33,7 +33,15 @@ import numpy as np
 from numpyro import handlers
 
 from kernels.types import Array, PRNGKey
-from ppl.smc import FrozenSchedule, TemperedSMC, _partition, _run_jit, split_model
+from ppl.smc import (
+    FrozenSchedule,
+    TemperedSMC,
+    _check_signature,
+    _partition,
+    _run_jit,
+    check_densities,
+    split_model,
+)
 
 __all__ = ["bdmc", "BDMCResult"]
 
@@ -134,6 +142,16 @@ def _simulate(key, model, args, kwargs, observed, num_runs):
     return jax.vmap(one)(jax.random.split(key, num_runs))
 
 
+def _observed_from_none_keywords(model, args, kwargs) -> tuple[str, ...]:
+    """Keywords passed as ``None`` that name a sample site: the data sites to simulate."""
+    names = [k for k, v in kwargs.items() if v is None]
+    if not names:
+        return ()
+    _check_signature(model, args, kwargs)
+    tr = handlers.trace(handlers.seed(model, 0)).get_trace(*args, **kwargs)
+    return tuple(k for k in names if k in tr and tr[k]["type"] == "sample")
+
+
 def bdmc(
     key: PRNGKey,
     model: Callable,
@@ -154,8 +172,9 @@ def bdmc(
 
     Two modes:
 
-    * simulated (default): ``observed`` names the data sites; each run draws
-      ``(latents, data)`` from the model's joint prior and brackets ``log p(data)``.
+    * simulated (default): the data sites are the keywords passed as ``None`` that name a
+      sample site (``bdmc(key, model, X, y=None)``), or those named by ``observed``; each run
+      draws ``(latents, data)`` from the model's joint prior and brackets ``log p(data)``.
     * user data: ``data`` (dict site -> value) and ``posterior_samples`` (dict of constrained
       latent values, leading axis ``num_runs``, or without it to share one sample), exact
       posterior draws for that data.
@@ -166,7 +185,8 @@ def bdmc(
         *args: positional arguments of the model.
         num_particles: particles of both directions (1: forward AIS and reverse AIS).
         num_runs: ``R``, independent runs (data sets in simulated mode).
-        observed: names of the sample sites to simulate and treat as data.
+        observed: names of the sample sites to simulate and treat as data (default: the
+            keywords passed as ``None`` that name a sample site).
         data: observed values (user-data mode), dict keyed by site name.
         posterior_samples: exact posterior samples for ``data`` (user-data mode).
         kernel: the move, as in `ppl.TemperedSMC` (default ``"hmc"``).
@@ -175,7 +195,8 @@ def bdmc(
         schedule: ``None`` (ESS-adaptive pilot run, then frozen), an array of betas (step sizes
             and mass matrices frozen from a pilot on it) or a `ppl.smc.FrozenSchedule`.
         pilot_particles: particles of the pilot run.
-        **kwargs: other keyword arguments of the model (not the data).
+        **kwargs: other keyword arguments of the model; in simulated mode the data keywords
+            set to ``None``.
 
     Returns:
         `BDMCResult`.
@@ -185,9 +206,13 @@ def bdmc(
     k_sim, k_pilot, k_lo, k_up = jax.random.split(key, 4)
     if data is None:
         if observed is None:
+            observed = _observed_from_none_keywords(model, args, kwargs)
+        if not observed:
             raise ValueError(
-                "bdmc needs either observed=<site name(s)> to simulate data from the model, "
-                "or data={site: value} with posterior_samples={site: exact draws}"
+                "bdmc needs to know the data sites: pass them as keywords set to None (e.g. "
+                "y=None for numpyro.sample('y', ..., obs=y)), or observed=<site name(s)> to "
+                "simulate data from the model, or data={site: value} with "
+                "posterior_samples={site: exact draws}"
             )
         if posterior_samples is not None:
             raise ValueError("posterior_samples needs data=...; simulated runs draw their own")
@@ -206,6 +231,7 @@ def bdmc(
     first = jax.tree.map(lambda x: x[0], sim_data)
     kw0 = {**kwargs, "_bdmc_data": first}
     dens = split_model(cond, args, kw0)  # validates the model and the data
+    check_densities(cond, *_partition((args, kw0)))
     if data is not None:
         missing = set(dens.latent) - set(latents)
         if missing:

@@ -646,6 +646,7 @@ class TemperedSMC:
         if latent is None:  # validate once per argument structure, shapes and dtypes
             latent = split_model(self.model, args, kwargs).latent
             self._checked[signature] = latent
+        check_densities(self.model, dyn, spec)
         if reference is not None:
             if not isinstance(self.schedule, FrozenSchedule):
                 raise ValueError(
@@ -733,6 +734,55 @@ def _run_jit(smc: TemperedSMC, key, dyn, spec, ref_values):
         out = smc._run_adaptive(key, dens, sched)
     u, log_Z, ess, res, acc, frozen, K = out
     return TemperedSMCResult(jax.vmap(dens.constrain)(u), log_Z, u, ess, res, acc, frozen, K)
+
+
+@partial(jax.jit, static_argnums=(0, 2, 3))
+def _probe(model, dyn, spec, num_draws):
+    args, kwargs = _combine(dyn, spec)
+    dens = split_model(model, args, kwargs)
+    u = jax.vmap(dens.sample_prior)(jax.random.split(jax.random.PRNGKey(0), num_draws))
+    return jax.vmap(dens.log_prior)(u), jax.vmap(lambda x: dens.log_tempered(x, 1.0))(u)
+
+
+def check_densities(model: Callable, dyn: list, spec: Any, num_draws: int = 16) -> None:
+    """Boundary check of a model and its data at ``num_draws`` fixed draws from the prior.
+
+    Raises:
+        ValueError: an observed value is NaN or inf; the prior log density is not finite at a
+            prior draw; the joint log density is NaN (a likelihood parameter or factor); or the
+            likelihood is zero at every draw (the data lie outside the likelihood's support),
+            where tempering cannot start.
+    """
+    if any(isinstance(x, jax.core.Tracer) for x in dyn):
+        return  # inside a user's jit/vmap: values unknown
+    args, kwargs = _combine(dyn, spec)
+    trace = handlers.trace(handlers.seed(model, 0)).get_trace(*args, **kwargs)
+    for name, site in trace.items():
+        if _is_likelihood(site) and jnp.issubdtype(jnp.result_type(site["value"]), jnp.floating):
+            value = np.asarray(site["value"])
+            if not np.all(np.isfinite(value)):
+                raise ValueError(
+                    f"the observed site {name!r} has {np.sum(~np.isfinite(value))} non-finite "
+                    "value(s) (NaN or inf): drop or impute missing observations, or mask them "
+                    "with numpyro.handlers.mask"
+                )
+    lp, joint = (np.asarray(v, np.float64) for v in _probe(model, dyn, spec, num_draws))
+    if not np.all(np.isfinite(lp)):
+        raise ValueError(
+            f"the prior log density is {lp[~np.isfinite(lp)][0]} at a draw from the prior: "
+            "check the priors' parameters (positive scales, valid supports)"
+        )
+    if np.any(np.isnan(joint)):
+        raise ValueError(
+            "the log-likelihood is NaN at draws from the prior: check the observed data for "
+            "NaN values and the likelihood's parameters"
+        )
+    if np.all(joint == -np.inf):
+        raise ValueError(
+            f"the log-likelihood is -inf at all {num_draws} draws from the prior: the "
+            "observations have zero density under the model (outside the likelihood's "
+            "support?), so tempering cannot start; check the data or the likelihood"
+        )
 
 
 def _as_arrays(s: FrozenSchedule) -> FrozenSchedule:

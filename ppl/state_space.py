@@ -36,6 +36,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from numpyro import handlers
 
 from kernels.types import Array, ArrayTree, PRNGKey
@@ -166,6 +167,7 @@ class ParticleFilter:
             self._mesh = sharding.particle_mesh()
             sharding.check_divisible(self.num_particles, self._mesh)
         self._jitted = jax.jit(self._run, static_argnums=(3,))
+        self._probe_jitted = jax.jit(self._probe)
         self._checked: dict = {}
 
     # ------------------------------------------------------------------ pieces
@@ -264,6 +266,44 @@ class ParticleFilter:
             res.ancestors,
         )
 
+    def _probe(self, ys, num_draws=16):
+        """Log weights of ``init`` and of the first step for ``num_draws`` prior particles."""
+
+        def one(k):
+            k1, k2 = jax.random.split(k)
+            carry, lw0, _ = self._init_one(k1, None)
+            _, lw1, _ = self._propagate_one(k2, carry, jax.tree.map(lambda x: x[0], ys), None)
+            return jnp.asarray(lw0), jnp.asarray(lw1)
+
+        return jax.vmap(one)(jax.random.split(jax.random.PRNGKey(0), num_draws))
+
+    def _check_values(self, ys):
+        """Boundary checks on the data and the first weights (skipped for traced inputs)."""
+        leaves = jax.tree.leaves(ys)
+        if any(isinstance(x, jax.core.Tracer) for x in leaves):
+            return
+        for x in leaves:
+            x = np.asarray(x)
+            if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
+                bad = np.nonzero(~np.isfinite(x.reshape(x.shape[0], -1)).all(1))[0]
+                raise ValueError(
+                    f"ys has non-finite values at time steps {bad[:10].tolist()}: the particle "
+                    "filter needs finite observations (drop or impute missing ones)"
+                )
+        lw0, lw1 = (np.asarray(v, np.float64) for v in self._probe_jitted(ys))
+        for name, lw in (("init()", lw0), ("transition(carry, ys[0])", lw1)):
+            if np.any(np.isnan(lw)):
+                raise ValueError(
+                    f"the log weights of {name} are NaN for particles drawn from the model: "
+                    "check the observed values and the parameters of the observation sites"
+                )
+            if np.all(lw == -np.inf):
+                raise ValueError(
+                    f"the log weights of {name} are -inf for all {lw.size} particles drawn from "
+                    "the model: the observation has zero density (outside the support?); check "
+                    "the data and the observation distribution"
+                )
+
     def _latent_template(self, carry, y):
         _, _, lat = jax.eval_shape(
             lambda: self._propagate_one(jax.random.PRNGKey(0), carry, y, None)
@@ -315,6 +355,7 @@ class ParticleFilter:
             )
             self._checked[signature] = checked
         latent, init_latent = checked
+        self._check_values(ys)
         conditional = reference is not None
         ref = None
         if conditional:

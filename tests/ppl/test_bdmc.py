@@ -29,7 +29,8 @@ def regression_model(X, y=None):
 
 @pytest.fixture(scope="module")
 def simulated():
-    res = bdmc(jax.random.PRNGKey(0), normal_model, 10, num_particles=16, num_runs=R, observed="y")
+    # the data site given as a keyword set to None, as in ppl.bdmc(key, model, *args, y=None)
+    res = bdmc(jax.random.PRNGKey(0), normal_model, 10, y=None, num_particles=16, num_runs=R)
     truth = np.array(
         [oracles.normal_normal(y, 0.5, 2.0, 1.0)[0] for y in np.asarray(res.data["y"])]
     )
@@ -110,6 +111,16 @@ def test_errors():
     key = jax.random.PRNGKey(0)
     with pytest.raises(ValueError, match="observed="):
         bdmc(key, normal_model, 10)
+    with pytest.raises(TypeError, match="cannot be called"):
+        bdmc(key, normal_model, 10, z=None)  # not an argument of the model
+
+    def two_args(n, y=None, scale=None):
+        mu = numpyro.sample("mu", dist.Normal(0.5, 2.0))
+        with numpyro.plate("n", n):
+            numpyro.sample("y", dist.Normal(mu, 1.0 if scale is None else scale), obs=y)
+
+    with pytest.raises(ValueError, match="y=None"):
+        bdmc(key, two_args, 10, scale=None)  # None, but not a sample site
     with pytest.raises(ValueError, match="not a sample site"):
         bdmc(key, normal_model, 10, observed="z")
     with pytest.raises(ValueError, match="already observed"):

@@ -6,6 +6,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pytest
+from numpyro import handlers
 
 from ppl.state_space import ParticleFilter
 from tests.ppl import oracles
@@ -117,6 +118,39 @@ def test_exact_twist_and_proposal_give_exact_log_Z_in_float64():
         np.testing.assert_allclose(lower.log_Z_increments[1:], 0.0, atol=1e-6)
 
 
+def test_transition_shared_with_numpyro_scan():
+    """The transition is the one written for numpyro.contrib.control_flow.scan: simulate
+    (latents, data) from the scan model, then bracket each data set's Kalman log Z with the
+    filter (lower) and conditional SMC clamped to the simulated path (upper; the simulated
+    latents are an exact posterior draw given their data)."""
+    from numpyro.contrib.control_flow import scan
+
+    def model(T, ys=None):
+        scan(lg_transition, lg_init(), ys, length=T)
+
+    runs = 40
+    pf = ParticleFilter(lg_transition, lg_init, num_particles=64)
+
+    def one(k):
+        k1, k2, k3 = jax.random.split(k, 3)
+        tr = handlers.trace(handlers.seed(model, k1)).get_trace(T)
+        ys, xs, x0 = tr["y"]["value"], tr["x"]["value"], tr["x0"]["value"]
+        lo = pf.run(k2, ys).log_Z
+        up = pf.run(k3, ys, reference={"x": xs}, reference_init={"x0": x0}).log_Z
+        return ys, lo, up
+
+    ys, lower, upper = jax.jit(jax.vmap(one))(jax.random.split(jax.random.PRNGKey(7), runs))
+    assert ys.shape == (runs, T)
+    truth = [oracles.kalman_filter(y[:, None], **KF)[0] for y in np.asarray(ys, np.float64)]
+    L = np.asarray(lower, np.float64) - truth
+    U = np.asarray(upper, np.float64) - truth
+    slack = np.log(2 * runs / ALPHA)
+    assert abs(oracles.lme_z(L, 0.0)) < 4  # z-score: log-mean-exp(L - log Z) vs 0
+    assert abs(oracles.lme_z(-U, 0.0)) < 4  # z-score: -log-mean-exp(log Z - U) vs 0
+    assert L.max() <= slack and U.min() >= -slack  # distribution-free
+    assert (U - L).mean() / ((U - L).std(ddof=1) / np.sqrt(runs)) > -3  # z-score: E[U] >= E[L]
+
+
 # --------------------------------------------------------------------------- discrete HMM
 PI0 = np.array([0.6, 0.3, 0.1])
 TRANS = np.array([[0.8, 0.15, 0.05], [0.1, 0.7, 0.2], [0.2, 0.2, 0.6]])
@@ -186,6 +220,25 @@ def test_errors():
         ParticleFilter(lg_transition, lg_init, resampling="optimal")
     with pytest.raises(ValueError, match="num_particles"):
         ParticleFilter(lg_transition, lg_init, num_particles=1)
+    with pytest.raises(ValueError, match=r"non-finite values at time steps \[2\]"):
+        pf.run(jax.random.PRNGKey(0), jnp.array([0.0, 1.0, jnp.nan]))
+
+    def positive_obs(x, y):
+        x = numpyro.sample("x", dist.Normal(x, 1.0))
+        numpyro.sample("y", dist.Exponential(1.0), obs=y)
+        return x, x
+
+    with pytest.raises(ValueError, match="-inf for all 16 particles"):
+        ParticleFilter(positive_obs, 0.0, num_particles=4).run(jax.random.PRNGKey(0), -jnp.ones(3))
+
+    def nan_factor(x, y):
+        x = numpyro.sample("x", dist.Normal(x, 1.0))
+        numpyro.sample("y", dist.Normal(x, 1.0), obs=y)
+        numpyro.factor("penalty", jnp.log(x - 1e6))  # NaN: log of a negative number
+        return x, x
+
+    with pytest.raises(ValueError, match="NaN"):
+        ParticleFilter(nan_factor, 0.0, num_particles=4).run(jax.random.PRNGKey(0), jnp.ones(3))
 
 
 def test_sharded_equals_unsharded():

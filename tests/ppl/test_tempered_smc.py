@@ -210,6 +210,25 @@ def test_errors():
         TemperedSMC(normal_model, blackjax.hmc, num_particles=1)
     with pytest.raises(TypeError, match="build_kernel"):
         TemperedSMC(normal_model, kernel=object())
+
+    def positive(y=None):
+        rate = numpyro.sample("rate", dist.Gamma(2.0, 1.0))
+        numpyro.sample("y", dist.Exponential(rate), obs=y)
+
+    with pytest.raises(ValueError, match="-inf at all 16 draws"):
+        TemperedSMC(positive, blackjax.hmc, num_particles=8).run(
+            jax.random.PRNGKey(0), y=-jnp.ones(3)
+        )
+
+    def nan_lik(y=None):
+        mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+        numpyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+        numpyro.factor("penalty", jnp.log(mu - 1e6))  # NaN: log of a negative number
+
+    with pytest.raises(ValueError, match="NaN"):
+        TemperedSMC(nan_lik, blackjax.hmc, num_particles=8).run(jax.random.PRNGKey(0), y=y)
+    with pytest.raises(ValueError, match="'y' has 1 non-finite value"):
+        smc.run(jax.random.PRNGKey(0), 10, y=y.at[3].set(jnp.nan))
     frozen = FrozenSchedule(jnp.linspace(0, 1, 3), jnp.full(2, 0.5), jnp.ones((2, 1)))
     with pytest.raises(ValueError, match="missing"):
         TemperedSMC(normal_model, blackjax.hmc, schedule=frozen, num_particles=4).run(
