@@ -14,9 +14,9 @@ $u_i \leftarrow 0$); every other $u_j$ moves by $\tau\,c_j / p(x_j \mid x_{-j})$
 in a state is its weight: $\hat E f = \sum_t \tau_t f(x_t) / \sum_t \tau_t$
 (:func:`kernels.flows.weighted_mean`).
 
-Each event needs $p(x_i \mid x_{-i})$ of every coordinate at the new state: one log-joint
-evaluation at $x$ and one at each $x$ with $x_i$ replaced by another value,
-$1 + \sum_i (K_i - 1)$ evaluations (``info.num_density_evals``).
+Each event needs $p(x_i \mid x_{-i})$ of every coordinate at the new state: $\log p(x)$ (kept in
+the state: it was evaluated by the previous event) and one log-joint evaluation at each $x$ with
+$x_i$ replaced by another value, $\sum_i (K_i - 1)$ evaluations (``info.num_density_evals``).
 """
 
 from __future__ import annotations
@@ -46,11 +46,13 @@ class DGibbsState(NamedTuple):
         position: integer state $x$, shape (d,).
         cell: positions $u \\in [0, 1)$ inside the unit cells, shape (d,).
         speed: constants $c_i > 0$, shape (d,).
+        logdensity: $\\log p(x)$ (up to the constant of ``log_joint``).
     """
 
     position: Array
     cell: Array
     speed: Array
+    logdensity: Array
 
 
 class DGibbsInfo(NamedTuple):
@@ -60,7 +62,7 @@ class DGibbsInfo(NamedTuple):
         position: the state that was occupied, shape (d,).
         weight: the time spent in it (its weight in estimates).
         moved: the coordinate that advanced at the end of the stay.
-        num_density_evals: log-joint evaluations spent, $1 + \\sum_i (K_i - 1)$.
+        num_density_evals: log-joint evaluations spent, $\\sum_i (K_i - 1)$.
     """
 
     position: Array
@@ -74,6 +76,24 @@ def _check_supports(supports) -> tuple[int, ...]:
     if len(supports) == 0 or min(supports) < 1:
         raise ValueError(f"supports must be a non-empty list of positive sizes, got {supports}.")
     return supports
+
+
+def _other_values(log_joint, x, supports):
+    """log p(x with x_i = x_i + m mod K_i), m = 1..K_max - 1 (-inf beyond K_i), shape (d, K_max-1)."""
+    d, kmax = x.shape[0], int(max(supports))
+    kvec = jnp.asarray(supports)
+    shifts = jnp.arange(1, kmax)
+    valid = shifts[None, :] < kvec[:, None]
+
+    def row(i):
+        values = jnp.mod(x[i] + shifts, kvec[i])
+        return jax.vmap(lambda v: log_joint(x.at[i].set(v)))(values)
+
+    return jnp.where(valid, jax.vmap(row)(jnp.arange(d)), -jnp.inf)
+
+
+def _log_conditionals(lp_x, others):
+    return lp_x - jnp.logaddexp(lp_x, jax.nn.logsumexp(others, axis=1))
 
 
 def current_log_conditionals(
@@ -90,21 +110,10 @@ def current_log_conditionals(
         The log conditionals ($0$ for coordinates with $K_i = 1$); costs
         $1 + \\sum_i (K_i - 1)$ evaluations of ``log_joint``.
     """
-    d, kmax = x.shape[0], int(max(supports))
-    kvec = jnp.asarray(supports)
-    lp_x = log_joint(x)
-    if kmax == 1:
-        return jnp.zeros(d, jnp.result_type(float))
-    shifts = jnp.arange(1, kmax)  # the other values x_i + m mod K_i, m = 1..K_i - 1
-    valid = shifts[None, :] < kvec[:, None]  # (d, kmax - 1)
-
-    def row(i):
-        values = jnp.mod(x[i] + shifts, kvec[i])
-        return jax.vmap(lambda v: log_joint(x.at[i].set(v)))(values)
-
-    others = jnp.where(valid, jax.vmap(row)(jnp.arange(d)), -jnp.inf)
-    lse = jnp.logaddexp(lp_x, jax.nn.logsumexp(others, axis=1))
-    return lp_x - lse
+    supports = _check_supports(supports)
+    if max(supports) == 1:
+        return jnp.zeros(x.shape[0], jnp.result_type(float))
+    return _log_conditionals(log_joint(x), _other_values(log_joint, x, supports))
 
 
 def discrete_deterministic_gibbs(
@@ -125,7 +134,7 @@ def discrete_deterministic_gibbs(
     supports = _check_supports(supports)
     d = len(supports)
     kvec = jnp.asarray(supports)
-    evals = 1 + sum(k - 1 for k in supports)
+    evals = sum(k - 1 for k in supports)
     if max(supports) == 1:
         raise ValueError("Every coordinate has a single value: there is nothing to sample.")
 
@@ -144,11 +153,12 @@ def discrete_deterministic_gibbs(
         speed = jnp.broadcast_to(jnp.asarray(speed, cell.dtype), (d,))
         if not isinstance(speed, jax.core.Tracer) and not bool(jnp.all(speed > 0)):
             raise ValueError(f"speed must be positive, got {speed}.")
-        return DGibbsState(position, cell, speed)
+        return DGibbsState(position, cell, speed, jnp.asarray(log_joint(position), cell.dtype))
 
     def step(state: DGibbsState) -> tuple[DGibbsState, DGibbsInfo]:
         x = state.position
-        logp = current_log_conditionals(log_joint, x, supports)
+        others = _other_values(log_joint, x, supports)
+        logp = _log_conditionals(state.logdensity, others)
         log_speed = jnp.log(state.speed) - logp  # log v_i = log c_i - log p(x_i | x_-i)
         # time to reach the border, (1 - u) / v, in log space
         log_tau = jnp.log1p(-state.cell) - log_speed
@@ -159,7 +169,8 @@ def discrete_deterministic_gibbs(
         cell = jnp.clip(cell, 0.0, 1.0).at[i].set(0.0)
         newx = x.at[i].set((x[i] + 1) % kvec[i])
         info = DGibbsInfo(x, tau, i.astype(jnp.int32), jnp.asarray(evals, jnp.int32))
-        return DGibbsState(newx, cell, state.speed), info
+        # log p of the new state (x_i + 1 mod K_i) was evaluated above
+        return DGibbsState(newx, cell, state.speed, others[i, 0].astype(cell.dtype)), info
 
     return init, step
 

@@ -111,7 +111,7 @@ def test_three_valued_coordinates_and_evaluation_count():
         return info
 
     info = jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(6), 64))
-    assert int(info.num_density_evals[0, 0]) == 1 + 2 + 1 + 2
+    assert int(info.num_density_evals[0, 0]) == 2 + 1 + 2
     pos = np.asarray(info.position)
     for v in range(3):
         est = np.asarray(fl.weighted_mean((pos[..., 0] == v).astype(float), info.weight, axis=1))

@@ -80,7 +80,7 @@ def test_sequential_chains_init_params_and_resampled_view():
     )
     s, f = mcmc.get_samples(), mcmc.get_extra_fields()
     assert s["z"].shape == (8000, 3) and s["c"].shape == (8000,)
-    assert np.all(f["num_density_evals"] == 1 + 3 * 1 + 2)  # 1 + sum(K_i - 1)
+    assert np.all(f["num_density_evals"] == 3 * 1 + 2)  # sum(K_i - 1)
     w = np.asarray(f["weight"])
     assert np.all(w > 0)
     view = resample(jax.random.key(2), {**s, "event": jnp.arange(8000)}, w)
