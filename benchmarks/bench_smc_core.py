@@ -42,16 +42,19 @@ def problem_posterior(d):
     return jnp.asarray(y / (1 + S**2)), float(np.sqrt(S**2 / (1 + S**2)))
 
 
-def timed(fn, keys):
-    t = time.perf_counter()
-    jax.block_until_ready(fn(keys[0]))
-    compile_s = time.perf_counter() - t
-    outs, times = [], []
-    for k in keys:
+def timed_round_robin(fns, keys):
+    """Compile each on ``keys[0]``, then run them round-robin on every key; medians."""
+    comp, times, outs = [], [[] for _ in fns], [[] for _ in fns]
+    for fn in fns:
         t = time.perf_counter()
-        outs.append(jax.block_until_ready(fn(k)))
-        times.append(time.perf_counter() - t)
-    return compile_s, float(np.median(times)), outs
+        jax.block_until_ready(fn(keys[0]))
+        comp.append(time.perf_counter() - t)
+    for k in keys:
+        for i, fn in enumerate(fns):
+            t = time.perf_counter()
+            outs[i].append(jax.block_until_ready(fn(k)))
+            times[i].append(time.perf_counter() - t)
+    return comp, [float(np.median(t)) for t in times], outs
 
 
 def main(argv=None):
@@ -108,8 +111,9 @@ def main(argv=None):
         return lz
 
     rows = []
-    for name, fn in (("kernels.smc.tempering.run", ours), ("blackjax.tempered_smc", theirs)):
-        c, t, out = timed(fn, keys)
+    names = ("kernels.smc.tempering.run", "blackjax.tempered_smc")
+    comp, med, outs = timed_round_robin([ours, theirs], keys)
+    for name, c, t, out in zip(names, comp, med, outs, strict=True):
         out = np.asarray(out)
         rows.append((name, c, t, out.mean() - exact, out.std(ddof=1)))
 
@@ -157,42 +161,44 @@ def main(argv=None):
         )
         return lz, i
 
-    for name, fn in (
-        ("kernels.smc.tempering.adaptive", ours_ad),
-        ("blackjax.adaptive_tempered_smc", theirs_ad),
-    ):
-        c, t, out = timed(fn, keys)
+    names = ("kernels.smc.tempering.adaptive", "blackjax.adaptive_tempered_smc")
+    comp, med, outs = timed_round_robin([ours_ad, theirs_ad], keys)
+    for name, c, t, out in zip(names, comp, med, outs, strict=True):
         lz = np.asarray([o[0] for o in out])
         steps = np.mean([int(o[1]) for o in out])
         rows.append((f"{name} ({steps:.1f} steps)", c, t, lz.mean() - exact, lz.std(ddof=1)))
 
-    # device scaling: same run, particles sharded over 1, 2, 4 devices
-    scale = []
+    # device scaling: same run, particles sharded over 1, 2, 4 devices (round-robin timing)
     ns = 4 * n
+    fns, nds = [], []
     for nd in (1, 2, 4):
         if nd > jax.local_device_count():
             break
-        mesh = sharding.particle_mesh(jax.local_devices()[:nd])
-        fn = jax.jit(
-            lambda key, mesh=mesh: (
-                tempering.run(
-                    key,
-                    sample,
-                    log_prior,
-                    log_lik,
-                    betas,
-                    blackjax.hmc,
-                    ns,
-                    kernel_params=params,
-                    num_mcmc_steps=m,
-                    ess_threshold=1.0,
-                    resampling=resampling.systematic,
-                    constrain_fn=sharding.constrain_fn(mesh),
-                ).log_Z
+        mesh = None if nd == 1 else sharding.particle_mesh(jax.local_devices()[:nd])
+        fns.append(
+            jax.jit(
+                lambda key, mesh=mesh: (
+                    tempering.run(
+                        key,
+                        sample,
+                        log_prior,
+                        log_lik,
+                        betas,
+                        blackjax.hmc,
+                        ns,
+                        kernel_params=params,
+                        num_mcmc_steps=m,
+                        ess_threshold=1.0,
+                        resampling=resampling.systematic,
+                        mesh=mesh,
+                    ).log_Z
+                )
             )
         )
-        c, t, out = timed(fn, keys[:3])
-        scale.append((nd, c, t))
+        nds.append(nd)
+    comp, med, outs = timed_round_robin(fns, keys[:5])
+    same = [np.allclose(np.asarray(o), np.asarray(outs[0]), rtol=1e-5) for o in outs]
+    scale = list(zip(nds, comp, med, same, strict=True))
 
     # bidirectional bounds vs number of particles, on a schedule frozen from an adaptive pilot
     pilot = jax.jit(
@@ -302,13 +308,15 @@ def main(argv=None):
         f"Time ratio (ours / blackjax), fixed schedule: {rows[0][2] / rows[1][2]:.2f}; "
         f"adaptive: {rows[2][2] / rows[3][2]:.2f}.",
         "",
-        f"Device scaling (CPU, forced host devices; {ns} particles, sharded on the particle axis):",
+        f"Device scaling (CPU, forced host devices on {os.cpu_count()} physical cores; {ns} "
+        "particles sharded on the particle axis, `mesh=particle_mesh(devices)`; timed "
+        "round-robin; no GPU was lent for this run):",
         "",
-        "| devices | compile (s) | time / run (s) | speed-up |",
-        "|---|---|---|---|",
+        "| devices | compile (s) | time / run (s) | speed-up vs 1 | same log Z as 1 device |",
+        "|---|---|---|---|---|",
     ]
-    for nd, c, t in scale:
-        lines.append(f"| {nd} | {c:.2f} | {t:.4f} | {scale[0][2] / t:.2f} |")
+    for nd, c, t, ok in scale:
+        lines.append(f"| {nd} | {c:.2f} | {t:.4f} | {scale[0][2] / t:.2f} | {ok} |")
     lines += [
         "",
         f"Bidirectional bounds vs particles (schedule frozen from an adaptive pilot: "

@@ -315,8 +315,9 @@ class TemperedSMC:
         adapt_mass_matrix: set the diagonal inverse mass matrix to the particle variance at
             each temperature, when the kernel takes ``inverse_mass_matrix``.
         max_num_steps: buffer size of the adaptive schedule.
-        shard: split the particles across all local devices (``jax.sharding``, particle axis;
-            ``num_particles`` divisible by the device count). Log weights and log-likelihoods
+        shard: ``True`` splits the particles across all local devices (``jax.sharding``,
+            particle axis; ``num_particles`` divisible by the device count), or a 1-d mesh from
+            ``kernels.smc.sharding.particle_mesh(devices)`` for a subset. Log weights and log-likelihoods
             stay replicated and the particles cross devices only when resampling (see
             :mod:`kernels.smc.sharding`), so a seed gives the same result as unsharded.
     """
@@ -336,7 +337,7 @@ class TemperedSMC:
         target_acceptance: float = 0.7,
         adapt_mass_matrix: bool = True,
         max_num_steps: int = 500,
-        shard: bool = False,
+        shard: Any = False,
     ):
         if num_particles < 1:
             raise ValueError(f"num_particles must be at least 1, got {num_particles}")
@@ -363,10 +364,17 @@ class TemperedSMC:
         self.max_num_steps = int(max_num_steps)
         self._checked: dict = {}  # argument signature -> latent site names (validated)
         self._mesh = None
-        if shard:
+        if shard is not False and shard is not None:
             from kernels.smc import sharding
 
-            self._mesh = sharding.particle_mesh()
+            self._mesh = sharding.particle_mesh() if shard is True else shard
+            if not isinstance(self._mesh, jax.sharding.Mesh) or self._mesh.axis_names != (
+                sharding.AXIS,
+            ):
+                raise TypeError(
+                    "shard must be True (all local devices), False, or a 1-d Mesh with axis "
+                    f"'particles' (kernels.smc.sharding.particle_mesh(devices)); got {shard!r}"
+                )
             sharding.check_divisible(self.num_particles, self._mesh)
         step = self.kernel.build_kernel()
         self._takes_step_size = _kernel_accepts(step, "step_size")

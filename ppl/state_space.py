@@ -126,8 +126,9 @@ class ParticleFilter:
         resample_threshold: resample when ``ESS < resample_threshold * N`` (1 = every step).
         resampling: ``"systematic"``, ``"stratified"``, ``"multinomial"`` or ``"residual"``
             (``kernels.smc.resampling``; its conditional variant in conditional runs).
-        shard: split the particles across all local devices (``jax.sharding``, particle axis;
-            ``num_particles`` divisible by the device count). The ``[N]`` log weights stay
+        shard: ``True`` splits the particles across all local devices (``jax.sharding``,
+            particle axis; ``num_particles`` divisible by the device count), or a 1-d mesh from
+            ``kernels.smc.sharding.particle_mesh(devices)`` for a subset. The ``[N]`` log weights stay
             replicated and the particles cross devices only when resampling (see
             :mod:`kernels.smc.sharding`), so a seed gives the same result as unsharded.
     """
@@ -142,7 +143,7 @@ class ParticleFilter:
         twist: Callable | None = None,
         resample_threshold: float = 0.5,
         resampling: str = "systematic",
-        shard: bool = False,
+        shard: Any = False,
     ):
         if num_particles < 2:
             raise ValueError(f"num_particles must be at least 2, got {num_particles}")
@@ -161,10 +162,17 @@ class ParticleFilter:
         self.resample_threshold = float(resample_threshold)
         self.resampling = resampling
         self._mesh = None
-        if shard:
+        if shard is not False and shard is not None:
             from kernels.smc import sharding
 
-            self._mesh = sharding.particle_mesh()
+            self._mesh = sharding.particle_mesh() if shard is True else shard
+            if not isinstance(self._mesh, jax.sharding.Mesh) or self._mesh.axis_names != (
+                sharding.AXIS,
+            ):
+                raise TypeError(
+                    "shard must be True (all local devices), False, or a 1-d Mesh with axis "
+                    f"'particles' (kernels.smc.sharding.particle_mesh(devices)); got {shard!r}"
+                )
             sharding.check_divisible(self.num_particles, self._mesh)
         self._jitted = jax.jit(self._run, static_argnums=(3,))
         self._probe_jitted = jax.jit(self._probe)

@@ -175,6 +175,29 @@ def test_bounds_monotone_in_num_particles(bounds):
     assert l_a.mean() < log_z < u_a.mean()
 
 
+def test_asymmetric_bounds_on_a_frozen_pilot_schedule():
+    """Poisson-Gamma (asymmetric likelihood, log-transformed latent): a pilot's adaptive
+    schedule, step sizes and mass matrices, frozen (``result.frozen()``) and shared by R
+    forward runs (lower) and R conditional runs from exact Gamma posterior draws (upper)."""
+    log_z, a, b = oracles.gamma_poisson(Y_POIS, 2.0, 0.5)
+    y = jnp.asarray(Y_POIS)
+    pilot = TemperedSMC(poisson_model, blackjax.hmc, num_particles=200, num_mcmc_steps=2)
+    frozen = pilot.run(jax.random.PRNGKey(20), 8, y=y).frozen()
+    assert frozen.betas.shape[0] >= 3
+    smc = TemperedSMC(
+        poisson_model, blackjax.hmc, num_particles=16, num_mcmc_steps=2, schedule=frozen
+    )
+    lams = jnp.asarray(np.random.default_rng(3).gamma(a, 1 / b, R), jnp.float32)
+    L = np.asarray(smc.run(_keys(21), 8, y=y).log_Z, np.float64)
+    up = jax.vmap(lambda k, lam: smc.run(k, 8, y=y, reference={"lam": lam}).log_Z)
+    U = np.asarray(up(_keys(22), lams), np.float64)
+    assert abs(oracles.lme_z(L, log_z)) < 4  # z-score: log-mean-exp(L) vs log Z
+    assert abs(oracles.lme_z(-U, -log_z)) < 4  # z-score: -log-mean-exp(-U) vs log Z
+    assert L.max() <= log_z + np.log(2 * R / ALPHA) and U.min() >= log_z - np.log(2 * R / ALPHA)
+    se = np.sqrt(U.var(ddof=1) / R + L.var(ddof=1) / R)
+    assert (U.mean() - L.mean()) / se > -3  # z-score: E[U] >= E[L]
+
+
 # --------------------------------------------------------------------------- outputs, errors
 def test_arviz_conversion(normal_runs):
     _, runs = normal_runs
