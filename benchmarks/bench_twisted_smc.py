@@ -1,26 +1,25 @@
 """Twisted SMC for LMs: per-token overhead vs plain batched ancestral sampling (same model, same
 particles, KV cache), and bound quality (upper - lower gap) for no-twist vs CTL twists.
 
-Model: the embedded default model (``lm_inference.load()``) when present, else a tabular LM (then
-the overhead ratio only measures the SMC bookkeeping around a trivially cheap model).
-Times: median over repeats after compilation (compile reported separately). No GPU here.
+Model: the embedded default model (``lm_inference.load()``, or ``--model PATH``). The baseline is
+``lm_inference.sample`` (same prompt prefill, KV cache and categorical sampler). Times: median
+over repeats after compilation (compile reported separately).
 
 Usage: python benchmarks/bench_twisted_smc.py [--quick]
 """
 
 import argparse
 import datetime
+import os
 import platform
 import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import lm_inference
 from lm_inference import potentials
-from lm_inference.base import broadcast_cache
 from lm_inference.bounds import bidirectional_bounds, rejection_samples
 from lm_inference.target import Target
 from lm_inference.twist_training import train_twist
@@ -28,35 +27,9 @@ from lm_inference.twisted_smc import smc
 from lm_inference.twists import head_twist
 
 
-def load():
-    try:
-        return lm_inference.load(), "embedded default model"
-    except Exception as e:  # noqa: BLE001
-        from lm_inference.tabular import TabularLM
-
-        return TabularLM(jax.random.key(0), vocab_size=64, max_positions=128), f"tabular LM ({e})"
-
-
 def ancestral(lm, prompt, T, N):
-    """Plain batched ancestral sampling with a KV cache (the baseline)."""
-    P = prompt.shape[0]
-
-    @jax.jit
-    def run(key, params):
-        out, cache = lm.prefill(params, prompt[None], jnp.ones((1, P), jnp.int32), P + T)
-        cache = broadcast_cache(cache, N)
-        out = jax.tree.map(lambda x: jnp.broadcast_to(x, (N,) + x.shape[1:]), out)
-
-        def body(carry, k):
-            out, cache = carry
-            s = jax.random.categorical(k, out.logits.astype(jnp.float32)).astype(jnp.int32)
-            out, cache = lm.decode_step(params, s, cache)
-            return (out, cache), s
-
-        _, toks = jax.lax.scan(body, (out, cache), jax.random.split(key, T))
-        return toks.T
-
-    return run
+    """Plain batched ancestral sampling with a KV cache (the baseline): ``lm_inference.sample``."""
+    return lambda key: lm_inference.sample(key, lm, prompt, N, max_new_tokens=T).tokens
 
 
 def timeit(fn, repeats):
@@ -74,17 +47,17 @@ def timeit(fn, repeats):
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--model", default=None)
     args = p.parse_args(argv)
-    lm, name = load()
+    lm = lm_inference.load(args.model)
     T = 16 if args.quick else 32
     reps = 5 if args.quick else 10
-    prompt = jnp.asarray([0, 1], jnp.int32) if lm.tokenizer is None else None
-    target = Target(lm, prompt if prompt is not None else "Once upon a time", T)
+    target = Target(lm, "ROMEO.\n", T)
     lines = [
         f"# bench_twisted_smc ({datetime.date.today()}, {platform.machine()}, "
-        f"{jax.devices()[0].platform}; no GPU here)",
+        f"{jax.devices()[0].platform}, {os.cpu_count()} cores)",
         "",
-        f"Model: {name}",
+        f"Model: {lm}",
         "",
     ]
     lines += [
@@ -96,8 +69,8 @@ def main(argv=None):
     ]
     tw = head_twist(jax.random.key(0), lm.hidden_size, lm.vocab_size, T)
     for N in [16, 64] if args.quick else [16, 64, 256]:
-        base = ancestral(lm, target.prompt_ids, T, N)
-        tb, _ = timeit(lambda base=base: base(jax.random.key(0), lm.params), reps)
+        base = ancestral(lm, np.asarray(target.prompt_ids), T, N)
+        tb, _ = timeit(lambda base=base: base(jax.random.key(0)), reps)
         t0, c0 = timeit(lambda N=N: smc(jax.random.key(0), target, N).samples, reps)
         t1, _ = timeit(lambda N=N: smc(jax.random.key(0), target, N, twist=tw).samples, reps)
         lines.append(
@@ -106,8 +79,8 @@ def main(argv=None):
         )
 
     # bound quality on a rare event
-    Tb = 6 if args.quick else 10
-    tok = 5 if lm.tokenizer is None else lm.tokenizer(" dog")["input_ids"][0]
+    Tb = 8 if args.quick else 12
+    tok = lm.tokenizer(" love")["input_ids"][0]
     rare = Target(lm, target.prompt_ids, Tb, potentials.contains_token(tok))
     runs = 8 if args.quick else 16
     ex = rejection_samples(jax.random.key(1), rare, runs, batch=1024)
@@ -116,7 +89,7 @@ def main(argv=None):
     ).twist
     lines += [
         "",
-        f"## Bound gap (upper - lower), contains-token potential, T={Tb}, {runs} runs",
+        f"## Bound gap (upper - lower), potential 1[' love' in s], T={Tb}, {runs} runs",
         "",
         "| N | no twist: lower | upper | gap | CTL: lower | upper | gap |",
         "|---|---|---|---|---|---|---|",
@@ -128,11 +101,7 @@ def main(argv=None):
             f"| {N} | {b0.lower.mean:.3f} | {b0.upper.mean:.3f} | {b0.gap:.3f} | "
             f"{b1.lower.mean:.3f} | {b1.upper.mean:.3f} | {b1.gap:.3f} |"
         )
-    lines += [
-        "",
-        "LLaMPPL: not run (see docs/twisted_smc.md: needs a local HF model and "
-        "`pip install llamppl`, which pulls genlm-backend, bitsandbytes, numba).",
-    ]
+    lines += ["", "LLaMPPL: see `bench_llamppl.md` (`benchmarks/bench_llamppl.py`)."]
     text = "\n".join(lines) + "\n"
     print(text)
     out = Path(__file__).parent / "results" / "bench_twisted_smc.md"
