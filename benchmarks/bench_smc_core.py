@@ -197,8 +197,8 @@ def main(argv=None):
         )
         nds.append(nd)
     comp, med, outs = timed_round_robin(fns, keys[:5])
-    same = [np.allclose(np.asarray(o), np.asarray(outs[0]), rtol=1e-5) for o in outs]
-    scale = list(zip(nds, comp, med, same, strict=True))
+    diff = [float(np.max(np.abs(np.asarray(o) - np.asarray(outs[0])))) for o in outs]
+    scale = list(zip(nds, comp, med, diff, strict=True))
 
     # bidirectional bounds vs number of particles, on a schedule frozen from an adaptive pilot
     pilot = jax.jit(
@@ -312,11 +312,21 @@ def main(argv=None):
         "particles sharded on the particle axis, `mesh=particle_mesh(devices)`; timed "
         "round-robin; no GPU was lent for this run):",
         "",
-        "| devices | compile (s) | time / run (s) | speed-up vs 1 | same log Z as 1 device |",
+        "| devices | compile (s) | time / run (s) | speed-up vs 1 | max abs log Z diff vs 1 device |",
         "|---|---|---|---|---|",
     ]
-    for nd, c, t, ok in scale:
-        lines.append(f"| {nd} | {c:.2f} | {t:.4f} | {scale[0][2] / t:.2f} | {ok} |")
+    for nd, c, t, dz in scale:
+        lines.append(f"| {nd} | {c:.2f} | {t:.4f} | {scale[0][2] / t:.2f} | {dz:.2g} |")
+    lines += [
+        "",
+        "Same keys, same random numbers and the same operations sharded or not; but XLA:CPU "
+        "compiles the per-particle reductions of the HMC move (sums over d) differently for "
+        "different per-device batch shapes, which changes their last bit for some particles "
+        "(checked directly: `vmap(log_lik)` on 512 vs 2048 rows). With N = 2048 the CDF "
+        "boundaries are 1/N apart, so a 1-ulp change in one weight can move a systematic "
+        "resampling point across a boundary; from there the runs differ, with the same law. "
+        "Models with elementwise particle arithmetic (bench_particle_filter) are bitwise equal.",
+    ]
     lines += [
         "",
         f"Bidirectional bounds vs particles (schedule frozen from an adaptive pilot: "

@@ -91,7 +91,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     n_data, dim = (50, 5) if args.quick else (200, 10)
     num_particles = 1000 if args.quick else 2000
-    seeds = 10 if args.quick else 20
+    seeds = 30 if args.quick else 50
     num_mcmc_steps, step_size, n_leap = 3, 0.1, 5
     rng = np.random.default_rng(0)
     X = rng.normal(size=(n_data, dim))
@@ -141,21 +141,27 @@ def main(argv=None):
         "# bench_tempered_smc",
         "",
         f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()} "
-        f"{platform.processor() or ''}, {jax.device_count()} {jax.default_backend()} device(s), "
-        f"jax {jax.__version__}, blackjax {blackjax.__version__}",
+        f"{platform.processor() or ''}, {jax.device_count()} {jax.default_backend()} device(s) "
+        f"(no GPU lent), 2 CPU cores shared with other jobs, jax {jax.__version__}, blackjax "
+        f"{blackjax.__version__}{' (--quick)' if args.quick else ''}",
         "",
         f"Bayesian linear regression n={n_data}, d={dim}, N={num_particles} particles, "
         f"HMC move ({num_mcmc_steps} steps x {n_leap} leapfrog, step 0.1), target ESS 0.5, "
         f"resampling every temperature, {seeds} seeds. Exact log Z = {truth:.3f}.",
         "",
-        "| sampler | compile s | run s (median) | time ratio vs BlackJAX | temperatures | mean log Z - exact "
-        "| sd log Z |",
-        "|---|---|---|---|---|---|---|",
+        "| sampler | compile s | run s (median) | time ratio vs BlackJAX | temperatures "
+        "| time per temperature ratio | mean log Z - exact | sd log Z | sd ratio vs BlackJAX "
+        "(95% F interval) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+    k_ref, sd_ref = rows[0][4], rows[0][3].std(ddof=1)
     for label, c, t, lz, k in rows:
+        sd = lz.std(ddof=1)
+        lo_f, hi_f = stats.f.ppf([0.975, 0.025], seeds - 1, seeds - 1)
+        ci = f"{sd / sd_ref:.2f} ({sd / sd_ref / np.sqrt(lo_f):.2f}-{sd / sd_ref / np.sqrt(hi_f):.2f})"
         lines.append(
-            f"| {label} | {c:.2f} | {t:.3f} | {t / t_ref:.2f} | {k:.1f} | {lz.mean() - truth:+.3f} "
-            f"| {lz.std(ddof=1):.3f} |"
+            f"| {label} | {c:.2f} | {t:.3f} | {t / t_ref:.2f} | {k:.1f} "
+            f"| {(t / k) / (t_ref / k_ref):.2f} | {lz.mean() - truth:+.3f} | {sd:.3f} | {ci} |"
         )
     lines += bdmc_section(Xj, X, args.quick)
     text = "\n".join(lines) + "\n"

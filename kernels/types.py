@@ -1,6 +1,7 @@
 """Array and pytree aliases shared by every module (after ``blackjax/types.py``)."""
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np

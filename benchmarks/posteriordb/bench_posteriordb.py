@@ -5,14 +5,18 @@ For each posterior (float64, dense mass matrix, vectorized chains):
 * ``InvolutiveMCMC``: involutive HMC with fixed trajectory length ``T`` (default pi/2), its own
   warmup (NumPyro's dual averaging toward the reference run's ``adapt_delta`` and windowed dense
   mass matrix);
-* ``numpyro HMC``: ``numpyro.infer.HMC`` with the same trajectory length, started from the
-  warm positions, step size and inverse mass matrix of ``InvolutiveMCMC`` (adaptation off, 20
-  warmup steps): the same Markov chain, so ESS per gradient should agree
-  and the time per gradient compares the implementations;
+* ``numpyro HMC (own warmup)``: ``numpyro.infer.HMC`` with the same trajectory length, target
+  acceptance and dense mass matrix, and its own warmup: compares the warmups (adapted step size)
+  and the samplers end to end;
+* ``numpyro HMC (same tuning)``: ``numpyro.infer.HMC`` started from the warm positions, step
+  size and inverse mass matrix of ``InvolutiveMCMC`` (adaptation off, 20 warmup steps): the same
+  Markov chain, so ESS per gradient should agree and the time per gradient compares the
+  implementations;
 * ``NUTS``: ``numpyro.infer.NUTS`` with its own warmup (same target acceptance).
 
 Columns: max |z| of the means and of the sd ratios over parameters against the Stan reference
-(``benchmarks.posteriordb.Posterior.agreement``), min ESS of the mean over parameters, gradient
+(``benchmarks.posteriordb.Posterior.agreement``), adapted step size (mean over chains), min ESS
+of the mean over parameters, gradient
 evaluations of the sampling phase, ESS per 1000 gradients, ESS per second of the sampling phase
 (best of three calls of one jitted scan of ``kernel.sample``, after a first call that
 compiles), compile time of that scan (first call minus a timed call), and warmup time
@@ -89,6 +93,7 @@ def measure(post, kernel, num_warmup, num_samples, num_chains, seed, init_params
     return {
         "z_mean": max(abs(a.z_mean) for a in table.values()),
         "z_sd": max(abs(a.z_sd) for a in table.values()),
+        "step_size": float(np.mean(np.asarray(warm.adapt_state.step_size))),
         "ess": ess,
         "grads": grads,
         "ess_per_kgrad": 1000.0 * ess / grads,
@@ -114,6 +119,19 @@ def bench_one(name, args):
         )
         results["InvolutiveMCMC (hmc)"] = measure(
             post, ours, args.num_warmup, args.num_samples, args.num_chains, args.seed
+        )
+        results["numpyro HMC (own warmup)"] = measure(
+            post,
+            HMC(
+                post.model,
+                dense_mass=True,
+                trajectory_length=T,
+                target_accept_prob=post.adapt_delta,
+            ),
+            args.num_warmup,
+            args.num_samples,
+            args.num_chains,
+            args.seed,
         )
         warm = results["InvolutiveMCMC (hmc)"]["state"].adapt_state
         # one chain's tuning for every chain (numpyro's HMC takes one step size / mass matrix)
@@ -169,9 +187,9 @@ def main(argv=None):
         parser.error(f"unknown posteriors {unknown}; choose from {list(SHORT_NAMES)}")
 
     header = (
-        "| posterior | sampler | max abs z mean | max abs z sd | min ESS | grads | ESS / 1000 grads "
-        "| ESS / s | sampling s | compile s | warmup s |\n"
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| posterior | sampler | max abs z mean | max abs z sd | step size | min ESS | grads "
+        "| ESS / 1000 grads | ESS / s | sampling s | compile s | warmup s |\n"
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     )
     rows, ratios = [], []
     for name in names:
@@ -179,12 +197,12 @@ def main(argv=None):
         for sampler, r in res.items():
             rows.append(
                 f"| {name} ({post.num_params}) | {sampler} | {r['z_mean']:.2f} | {r['z_sd']:.2f} "
-                f"| {r['ess']:.0f} | {r['grads']} | {r['ess_per_kgrad']:.1f} | {r['ess_per_s']:.0f} "
+                f"| {r['step_size']:.3g} | {r['ess']:.0f} | {r['grads']} | {r['ess_per_kgrad']:.1f} | {r['ess_per_s']:.0f} "
                 f"| {r['sample_s']:.2f} | {r['compile_s']:.2f} | {r['warmup_s']:.1f} |"
             )
             print(rows[-1], flush=True)
         ours = res["InvolutiveMCMC (hmc)"]
-        for peer in ("numpyro HMC (same tuning)", "numpyro NUTS"):
+        for peer in ("numpyro HMC (own warmup)", "numpyro HMC (same tuning)", "numpyro NUTS"):
             p = res[peer]
             ratios.append(
                 f"| {name} | {peer} | {ours['ess_per_kgrad'] / p['ess_per_kgrad']:.2f} "

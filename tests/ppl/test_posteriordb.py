@@ -17,6 +17,7 @@ from numpyro.infer import MCMC, NUTS
 
 from benchmarks.posteriordb import NAMES, SHORT_NAMES, load
 from ppl import InvolutiveMCMC
+from tests.ppl._posteriordb import check_agreement, run_chains
 
 # posterior -> (num_warmup, num_samples); 2 vectorized chains
 SMALL = {
@@ -30,34 +31,17 @@ LARGE = {"diamonds": (1000, 1000), "gp_pois_regr": (1000, 2000), "hmm_example": 
 
 def run_involutive_hmc(name, num_warmup, num_samples, seed=0):
     post = load(name)
-    with jax.enable_x64(True):
-        kernel = InvolutiveMCMC(
+
+    def kernel():
+        return InvolutiveMCMC(
             post.model,
             involution="hmc",
             trajectory_length=math.pi / 2,
             dense_mass=True,
             target_accept_prob=post.adapt_delta,  # as the Stan reference run
         )
-        mcmc = MCMC(
-            kernel,
-            num_warmup=num_warmup,
-            num_samples=num_samples,
-            num_chains=2,
-            chain_method="vectorized",
-            progress_bar=False,
-        )
-        mcmc.run(jax.random.key(seed), **post.kwargs)
-        samples = jax.tree.map(np.asarray, mcmc.get_samples(group_by_chain=True))
-    return post, samples
 
-
-def check_agreement(post, samples, min_ess=100):
-    table = post.agreement(samples)
-    assert set(table) == set(post.reference)
-    for name, a in table.items():
-        assert a.ess > min_ess, (name, a)
-        assert abs(a.z_mean) < 4, (name, a)  # z-score
-        assert abs(a.z_sd) < 4, (name, a)  # z-score
+    return post, run_chains(kernel, post, num_warmup, num_samples, seed)
 
 
 @pytest.mark.parametrize("name", list(SMALL))

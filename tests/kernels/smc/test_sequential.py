@@ -1,6 +1,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from jax.scipy.stats import norm
 
 from kernels.smc import resampling, sequential
@@ -132,3 +133,19 @@ def test_fused_step_matches_split_form():
         b = sequential.run(jax.random.key(4), init, step, None, 3, 8, reference=reference)
         np.testing.assert_allclose(a.particles, b.particles, rtol=1e-6)
         np.testing.assert_allclose(float(a.log_Z), float(b.log_Z), rtol=1e-6)
+
+
+def test_shape_errors():
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match="leading axis num_particles=4"):
+        sequential.run(key, lambda k, n: jnp.zeros(3), lambda k, x, t: x, lambda xp, x, t: x, 2, 4)
+    with pytest.raises(ValueError, match="propose_fn must return particles"):
+        sequential.run(
+            key, lambda k, n: jnp.zeros(n), lambda k, x, t: x[:2], lambda xp, x, t: x, 2, 4
+        )
+    with pytest.raises(ValueError, match=r"shape \(num_particles,\) = \(4,\), got \(\)"):
+        sequential.run(
+            key, lambda k, n: jnp.zeros(n), lambda k, x, t: x, lambda xp, x, t: x.sum(), 2, 4
+        )
+    with pytest.raises(ValueError, match="num_particles >= 1"):
+        sequential.run(key, lambda k, n: jnp.zeros(n), None, None, 0, 0)
