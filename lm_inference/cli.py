@@ -85,6 +85,7 @@ def _twist(args, target, required=False):
         target.lm.vocab_size,
         target.num_tokens,
         kind=args.head,
+        prefix_size=args.prefix_size,
     )
     import os
 
@@ -165,15 +166,25 @@ def cmd_train(args):
     target = _target(args, lm)
     if args.twist is None:
         raise SystemExit("ppl-lm train: --twist PATH (checkpoint to write/resume) is required.")
+    from lm_inference.twists import head_twist
+
+    head = head_twist(
+        jax.random.key(args.seed + 1),
+        lm.hidden_size,
+        lm.vocab_size,
+        target.num_tokens,
+        kind=args.head,
+        prefix_size=args.prefix_size,
+    )
     res = train_twist(
         jax.random.key(args.seed),
         target,
         args.method,
+        twist=head,
         num_steps=args.steps,
         batch_size=args.batch_size,
         learning_rate=args.lr,
         checkpoint=args.twist,
-        kind=args.head,
         progress=not args.quiet,
     )
     payload = {
@@ -257,6 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--potential", default="none")
         s.add_argument("--twist", default=None, help="twist checkpoint (safetensors)")
         s.add_argument("--head", default="mlp", choices=["mlp", "linear"])
+        s.add_argument(
+            "--prefix-size",
+            type=int,
+            default=0,
+            help="twist head: width of an embedding bag of the tokens so far (0: none)",
+        )
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--out", default=None, help="JSON output file (default stdout)")
         s.add_argument("--plot", default=None, help="PNG output file")

@@ -233,7 +233,7 @@ def train_twist(
         params, opt_state, loss = step(params, opt_state, pos, neg)
         losses.append(float(loss))
         if progress:
-            bar.set_postfix(loss=f"{losses[-1]:.4g}")
+            bar.set_postfix(loss=f"{losses[-1]:.4g}", refresh=False)
         if checkpoint is not None and ((i + 1) % checkpoint_every == 0 or i + 1 == num_steps):
             save(i + 1)
     return TrainResult(Twist(twist.apply, params), np.asarray(losses))

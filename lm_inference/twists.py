@@ -7,7 +7,12 @@ state ``hidden`` (so it shares the LM's forward pass) and/or the tokens so far. 
 ``Twist.apply`` object per architecture: compiled sweeps are cached on it, and updating ``params``
 (training) reuses them.
 
-- :func:`head_twist`: a linear or MLP head (flax nnx) on ``[hidden, onehot(t)]``.
+- :func:`head_twist`: a linear or MLP head (flax nnx) on ``[hidden, onehot(t)]`` (the paper's
+  parametrization), optionally with ``bag(s_<t) = sum_{i<t} E[s_i]``, a learned embedding bag of
+  the tokens generated so far (``prefix_size > 0``): it tells the twist what has already
+  happened, e.g. that a required word was already written, which the last hidden state of a
+  small LM does not reliably carry (on the embedded model and "contains ' love'", T = 8, CTL 200
+  steps: sd of log Z_hat at N = 64 0.68 without, 0.30-0.40 with ``prefix_size=64``).
 - :func:`conditional_head_twist`: the same with a conditioning vector (e.g. an embedding of the
   infilling continuation) concatenated to the input: a conditional twist.
 - :func:`zero_twist`: ``log psi = 0`` (plain SMC), as a twist object.
@@ -41,9 +46,10 @@ class Twist(NamedTuple):
 
 
 class TwistHead(nnx.Module):
-    """``log psi_t(s_<t, v) = f([h_t, onehot(t), c])_v`` with ``f`` linear or a 1-hidden-layer MLP.
+    """``log psi_t(s_<t, v) = f([h_t, onehot(t), sum_{i<t} E[s_i], c])_v``, ``f`` linear or an MLP.
 
-    The output layer starts at zero, so an untrained head is the no-twist proposal ``p0``.
+    The output layer and the embedding bag ``E`` start at zero, so an untrained head is the
+    no-twist proposal ``p0``.
 
     Args:
         hidden_size: ``H`` of the LM's hidden state.
@@ -52,6 +58,8 @@ class TwistHead(nnx.Module):
         kind: ``"linear"`` or ``"mlp"``.
         width: MLP width.
         context_size: size of an optional conditioning vector ``c`` (0: none).
+        prefix_size: width of the embedding bag ``E [V, prefix_size]`` of generated tokens
+            (0: none).
         rngs: ``nnx.Rngs``.
     """
 
@@ -63,13 +71,19 @@ class TwistHead(nnx.Module):
         kind: str = "mlp",
         width: int = 128,
         context_size: int = 0,
+        prefix_size: int = 0,
         *,
         rngs: nnx.Rngs,
     ):
         if kind not in ("linear", "mlp"):
             raise ValueError(f"TwistHead: kind must be 'linear' or 'mlp', got {kind!r}.")
         self.num_tokens = num_tokens
-        d = hidden_size + num_tokens + context_size
+        d = hidden_size + num_tokens + context_size + prefix_size
+        self.prefix = (
+            nnx.Embed(vocab_size, prefix_size, embedding_init=nnx.initializers.zeros, rngs=rngs)
+            if prefix_size
+            else None
+        )
         zeros = nnx.initializers.zeros
         if kind == "mlp":
             self.hidden_layer = nnx.Linear(d, width, rngs=rngs)
@@ -78,10 +92,23 @@ class TwistHead(nnx.Module):
             self.hidden_layer = None
             self.out = nnx.Linear(d, vocab_size, kernel_init=zeros, rngs=rngs)
 
-    def __call__(self, hidden: Array, t: Array, context: Array | None = None) -> Array:
+    def __call__(
+        self,
+        hidden: Array,
+        t: Array,
+        context: Array | None = None,
+        tokens: Array | None = None,
+    ) -> Array:
+        """``hidden [N, H]``, step ``t``, ``tokens [N, T]`` (entries at ``>= t`` are ignored)."""
         hidden = hidden.astype(jnp.float32)
         pos = jax.nn.one_hot(jnp.broadcast_to(t, hidden.shape[:1]), self.num_tokens)
-        parts = [hidden, pos] + (
+        parts = [hidden, pos]
+        if self.prefix is not None:
+            if tokens is None:
+                raise ValueError("TwistHead: prefix_size > 0 needs the tokens so far.")
+            mask = jnp.arange(tokens.shape[-1]) < t
+            parts.append(jnp.einsum("t,ntd->nd", mask.astype(jnp.float32), self.prefix(tokens)))
+        parts = parts + (
             []
             if context is None
             else [jnp.broadcast_to(context, hidden.shape[:1] + context.shape[-1:])]
@@ -99,6 +126,7 @@ def head_twist(
     num_tokens: int,
     kind: str = "mlp",
     width: int = 128,
+    prefix_size: int = 0,
 ) -> Twist:
     """A fresh :class:`TwistHead` as a :class:`Twist` (params: the nnx state).
 
@@ -109,12 +137,21 @@ def head_twist(
         num_tokens: ``T``.
         kind: ``"linear"`` or ``"mlp"``.
         width: MLP width.
+        prefix_size: width of the embedding bag of generated tokens (0: none).
     """
-    head = TwistHead(hidden_size, vocab_size, num_tokens, kind, width, rngs=nnx.Rngs(key))
+    head = TwistHead(
+        hidden_size,
+        vocab_size,
+        num_tokens,
+        kind,
+        width,
+        prefix_size=prefix_size,
+        rngs=nnx.Rngs(key),
+    )
     graphdef, state = nnx.split(head)
 
     def apply(state, hidden, tokens, t):
-        return nnx.merge(graphdef, state)(hidden, t)
+        return nnx.merge(graphdef, state)(hidden, t, tokens=tokens)
 
     return Twist(apply, state)
 

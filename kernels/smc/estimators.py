@@ -239,13 +239,17 @@ def kl_intervals(
 
     Returns:
         :class:`KLIntervals` with ``KL(q||sigma) in [L - f_q, U - f_q]`` and
-        ``KL(sigma||q) in [g_q - U, g_q - L]``.
+        ``KL(sigma||q) in [g_q - U, g_q - L]``. A draw of ``q`` outside the support of
+        ``sigma`` (``log_w_q = -inf``) makes ``f_q = -inf`` and ``KL(q||sigma) = [inf, inf]``
+        exactly (not ``nan``, even where a lower bound is ``-inf``).
     """
     L, U = jnp.asarray(lower), jnp.asarray(upper)
     if not per_run:
         L, U = jnp.mean(L), jnp.mean(U)
     f, g = jnp.mean(log_w_q), jnp.mean(log_w_sigma)
-    return KLIntervals((L - f, U - f), (g - U, g - L), f, g)
+    outside = jnp.isneginf(f)
+    kl_q = tuple(jnp.where(outside, jnp.inf, b - f) for b in (L, U))
+    return KLIntervals(kl_q, (g - U, g - L), f, g)
 
 
 class LogZSummary(NamedTuple):

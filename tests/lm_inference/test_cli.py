@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 
 from lm_inference.cli import main
@@ -72,3 +73,17 @@ def test_cli_errors(tmp_path):
                 str(tmp_path / "missing.safetensors"),
             ]
         )
+
+
+def test_cli_end_to_end_embedded_model(tmp_path):
+    """The default command line: embedded model, text prompt, a host (Python) text potential."""
+    common = ["--prompt", "ROMEO.\n", "--num-tokens", "4", "--quiet"]
+    common += ["--potential", "contains_text:the"]
+    out = main(["sample", *common, "--particles", "16", "--out", str(tmp_path / "s.json")])
+    texts = [t for t, w in zip(out["text"], out["weights"], strict=True) if w > 0]
+    assert texts and all("the" in t.lower() for t in texts)  # phi is an indicator
+    ck = str(tmp_path / "tw.safetensors")
+    common += ["--twist", ck, "--prefix-size", "8"]
+    main(["train", *common, "--steps", "3", "--batch-size", "8"])
+    b = main(["bounds", *common, "--particles-list", "4", "--runs", "2"])
+    assert np.isfinite(b["bounds"][0]["upper"][0])

@@ -160,6 +160,17 @@ def test_kl_intervals_contain_exact_kls():
         assert kl.kl_sigma_q[0] - 4 * se <= kl_s <= kl.kl_sigma_q[1] + 4 * se  # z-score
 
 
+def test_kl_q_sigma_is_inf_outside_the_support():
+    """A proposal draw with sigma = 0 (log w = -inf) gives KL(q || sigma) = inf, never nan, even
+    when a run's lower bound is -inf; KL(sigma || q) stays finite."""
+    log_w_q = jnp.array([-1.0, -jnp.inf])
+    kl = estimators.kl_intervals(
+        jnp.array([-jnp.inf, -2.0]), jnp.array([-1.0, -1.5]), log_w_q, -1.2
+    )
+    assert float(kl.kl_q_sigma[0]) == np.inf and float(kl.kl_q_sigma[1]) == np.inf
+    assert np.isfinite(float(kl.kl_sigma_q[0]))
+
+
 def test_errors():
     with pytest.raises(ValueError, match="proposal"):
         twisted.run(jax.random.key(0), log_p0, log_phi, T, V, 2, proposal="nope")
