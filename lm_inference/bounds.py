@@ -25,6 +25,7 @@ from kernels.smc import estimators
 from kernels.types import Array, PRNGKey
 from lm_inference.target import Target
 from lm_inference.twisted_smc import smc, teacher_force
+from lm_inference.twists import Twist
 
 __all__ = ["Interval", "Bounds", "bidirectional_bounds", "rejection_samples"]
 
@@ -100,7 +101,7 @@ def bidirectional_bounds(
     target: Target,
     exact_samples: Array,
     num_particles: int,
-    twist=None,
+    twist: Twist | None = None,
     num_runs: int | None = None,
     resampling: str = "systematic",
     ess_threshold: float = 0.5,

@@ -341,7 +341,7 @@ def _tokenizer(path: Path):
 
 def load(
     name_or_path: str | os.PathLike | None = None,
-    dtype=None,
+    dtype: str | jnp.dtype | None = None,
     *,
     cache_dir: str | os.PathLike | None = None,
     revision: str | None = None,

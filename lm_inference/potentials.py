@@ -13,12 +13,16 @@ is vmapped and jitted with the SMC sweep (it is evaluated only at the last step)
 """
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kernels.types import Array
+from kernels.types import Array, PRNGKey
+
+if TYPE_CHECKING:
+    from lm_inference.target import Target
 
 __all__ = [
     "indicator",
@@ -104,7 +108,7 @@ def infilling(lm, prompt_ids: Array, continuation: Array) -> Callable:
     return _Infilling(lm, prompt_ids, cont)
 
 
-def infilling_joint_samples(key, target, num_samples: int) -> Array:
+def infilling_joint_samples(key: PRNGKey, target: "Target", num_samples: int) -> Array:
     """Exact posterior samples for an infilling target by the joint-sampling trick.
 
     Sample ``(s, c) ~ p0(s, c | prompt)`` ancestrally (middle tokens then ``len(continuation)``

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kernels.types import Array, PRNGKey
+from lm_inference.base import LanguageModel
 
 __all__ = ["SampleOutput", "sample", "sequence_logprob", "filter_logits", "categorical"]
 
@@ -150,8 +151,8 @@ def _sample(
 
 def sample(
     key: PRNGKey,
-    lm,
-    prompt,
+    lm: LanguageModel,
+    prompt: str | list[str] | Array,
     num_samples: int = 1,
     max_new_tokens: int = 32,
     temperature: float = 1.0,
@@ -228,8 +229,8 @@ def _logprob(lm, params, ids, mask, conts, *, eos):
 
 
 def sequence_logprob(
-    lm,
-    prompt,
+    lm: LanguageModel,
+    prompt: str | Array,
     continuations: Array,
     attention_mask: Array | None = None,
     eos_token_id: int | None = None,

@@ -27,6 +27,7 @@ step (safetensors) every ``checkpoint_every`` steps and resumes from the file wh
 """
 
 import os
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -35,7 +36,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from kernels.types import Array, PRNGKey
+from kernels.types import Array, ArrayTree, PRNGKey
 from lm_inference.target import Target
 from lm_inference.twisted_smc import TeacherForced, smc, teacher_force
 from lm_inference.twists import Twist, head_twist, load_params, save_params
@@ -77,7 +78,14 @@ def _softmax0(lw, axis):
     return jnp.where(jnp.isnan(w), 0.0, w)
 
 
-def twist_loss(method: str, apply, params, pos, neg, exact: bool):
+def twist_loss(
+    method: str,
+    apply: Callable,
+    params: ArrayTree,
+    pos: tuple[Array, TeacherForced],
+    neg: tuple[Array, TeacherForced],
+    exact: bool,
+) -> Array:
     """The training loss of ``method`` (see module docstring).
 
     Args:

@@ -43,6 +43,7 @@ from kernels.types import Array, ArrayTree, PRNGKey
 from lm_inference.base import broadcast_cache, reorder_cache
 from lm_inference.sampling import categorical
 from lm_inference.target import Target
+from lm_inference.twists import Twist
 
 __all__ = ["SMCResult", "smc", "teacher_force", "TeacherForced"]
 
@@ -147,7 +148,7 @@ def smc(
     key: PRNGKey,
     target: Target,
     num_particles: int,
-    twist=None,
+    twist: Twist | None = None,
     resampling: str | Callable = "systematic",
     ess_threshold: float = 0.5,
     reference: Array | None = None,
@@ -288,7 +289,12 @@ def _build_tf(target: Target, twist):
     return jax.jit(tf)
 
 
-def teacher_force(target: Target, sequences: Array, twist=None, params=None) -> TeacherForced:
+def teacher_force(
+    target: Target,
+    sequences: Array,
+    twist: Twist | None = None,
+    params: ArrayTree | None = None,
+) -> TeacherForced:
     """Proposal and model log probabilities along given ``[M, T]`` sequences (EOS-padded).
 
     Used for exact KLs, IWAE bounds with exact samples, and twist training.

@@ -144,10 +144,11 @@ def ais_lower_bound(
     ``x_t ~ K_{beta_{t-1}}(x_{t-1}, .)``, ``log w = sum_t log pi_{beta_t}(x_t) -
     log pi_{beta_{t-1}}(x_t)``, and ``E[w] = Z``.
 
+    ``sample_prior_fn``, ``log_prior_fn``, ``log_likelihood_fn``, ``betas`` and ``kernel`` are
+    as in :func:`kernels.smc.tempering.run` (``betas`` fixed, e.g. frozen from a pilot).
+
     Args:
         key: PRNG key.
-        sample_prior_fn, log_prior_fn, log_likelihood_fn, betas, kernel: as in
-            :func:`kernels.smc.tempering.run` (``betas`` fixed, e.g. frozen from a pilot).
         num_runs: ``R``.
         **tempering_kwargs: ``kernel_params``, ``num_mcmc_steps``, ``path``.
     """
@@ -186,10 +187,12 @@ def reverse_ais_upper_bound(
     kernels must be reversible) and ``log w`` is the forward AIS weight of that path, so that
     ``E[1 / w] = 1 / Z``. Equal to conditional SMC with one particle clamped to the path.
 
+    ``log_prior_fn``, ``log_likelihood_fn``, ``betas`` and ``kernel`` are as in
+    :func:`ais_lower_bound`.
+
     Args:
         key: PRNG key.
         exact_sample_fn: ``key -> x`` an exact draw from the normalized target.
-        log_prior_fn, log_likelihood_fn, betas, kernel: as in :func:`ais_lower_bound`.
         num_runs: ``R``.
         **tempering_kwargs: ``kernel_params``, ``num_mcmc_steps``, ``path``.
     """

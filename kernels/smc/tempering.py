@@ -162,11 +162,13 @@ def reference_path(
 ) -> ArrayTree:
     """Backward chain from an exact target draw ``x_K``: ``x_{t-1} ~ K_{beta_{t-1}}^m(x_t)``.
 
+    ``log_prior_fn``, ``log_likelihood_fn``, ``betas``, ``kernel``, ``kernel_params``,
+    ``num_mcmc_steps`` and ``path`` are as in :func:`run` (same values, so the reverse chain
+    matches the forward one).
+
     Args:
         key: PRNG key.
         position: ``x_K``, one exact draw from ``pi_1 / Z``.
-        log_prior_fn, log_likelihood_fn, betas, kernel, kernel_params, num_mcmc_steps, path:
-            as in :func:`run` (same values, so the reverse chain matches the forward one).
 
     Returns:
         pytree with leaves ``[K + 1, ...]`` (time first), the ``reference`` of :func:`run`.
@@ -230,10 +232,11 @@ def adaptive(
     Freeze the schedule with ``annealing.freeze(result.betas, result.num_steps)`` and pass it
     to :func:`run` for runs whose ``log_Z`` must be unbiased (bounds).
 
+    ``key``, ``sample_prior_fn``, ``log_prior_fn``, ``log_likelihood_fn``, ``kernel``,
+    ``num_particles``, ``kernel_params``, ``num_mcmc_steps``, ``path``, ``resampling``,
+    ``ess_threshold`` and ``mesh`` are as in :func:`run`.
+
     Args:
-        key, sample_prior_fn, log_prior_fn, log_likelihood_fn, kernel, num_particles,
-            kernel_params, num_mcmc_steps, path, resampling, ess_threshold, mesh: as in
-            :func:`run`.
         target_ess: the conditional ESS of every reweighting, relative, in ``(0, 1)``.
         max_num_steps: buffer size; the last step jumps to ``beta = 1``.
 
