@@ -227,6 +227,7 @@ def bench_one(name, args):
             rotation=args.rotation,
             dense_mass=dense,
             target_accept_prob=target,
+            max_period=args.max_period,
         )
         results["OrbitalMCMC"] = measure_with_squares(post, ours, *common, init_params=z0)
         nuts = NUTS(post.model, dense_mass=dense, target_accept_prob=target)
@@ -244,6 +245,9 @@ def main(argv=None):
     parser.add_argument("--num-chains", type=int, default=4)
     parser.add_argument("--trajectory-length", type=float, default=DEFAULT_TRAJECTORY_LENGTH)
     parser.add_argument("--rotation", type=float, default=0.5, help="negative: None")
+    parser.add_argument(
+        "--max-period", type=int, default=128, help="OrbitalMCMC: at most this many window points"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="markdown output (default benchmarks/results/...)")
     args = parser.parse_args(argv)
@@ -314,7 +318,7 @@ def main(argv=None):
             f"{args.num_samples} draws per chain, float64; posteriordb: dense mass matrix, "
             "target acceptance = the reference run's adapt_delta; Gaussians: diagonal mass "
             f"matrix, target 0.8. OrbitalMCMC: trajectory length {args.trajectory_length:.3f}, "
-            f"random window offset, rotation {rot}, at most 128 window points. "
+            f"random window offset, rotation {rot}, at most {args.max_period} window points. "
             f"Seed {args.seed}{' (--quick)' if args.quick else ''}.",
             "z: per parameter against the reference (posteriordb's Stan draws; exact moments "
             "for the Gaussians). ESS: min over parameters of arviz's ESS for the mean (capped "
