@@ -53,11 +53,13 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import numpyro  # noqa: E402
 import numpyro.distributions as dist  # noqa: E402
-from numpyro.infer import NUTS, init_to_value  # noqa: E402
-from numpyro.infer.util import initialize_model  # noqa: E402
+from numpyro.infer import NUTS  # noqa: E402
 
 from benchmarks.posteriordb import SHORT_NAMES, Posterior, load  # noqa: E402
-from benchmarks.posteriordb.bench_posteriordb import measure  # noqa: E402
+from benchmarks.posteriordb.bench_posteriordb import (  # noqa: E402
+    initial_positions,
+    measure,
+)
 from ppl import OrbitalMCMC  # noqa: E402
 from ppl.orbital import DEFAULT_TRAJECTORY_LENGTH  # noqa: E402
 
@@ -84,37 +86,6 @@ def gaussian(name: str) -> Posterior:
     reference = {f"x[{i + 1}]": (0.0, s, -1.645 * s, 1.645 * s) for i, s in enumerate(sd)}
     # exact reference: an enormous ndraws makes its Monte Carlo term vanish in the z-scores
     return Posterior(name, model, {}, reference, 10**15, {})
-
-
-def reference_means(post):
-    """The reference posterior means as a dict of site values (``beta[2]`` -> ``beta[1]``)."""
-    sites = {}
-    for name, (mean, *_) in post.reference.items():
-        site, _, index = name.partition("[")
-        sites.setdefault(site, {})[int(index[:-1]) - 1 if index else None] = mean
-    return {
-        site: np.asarray(v[None] if None in v else [v[i] for i in range(len(v))], np.float64)
-        for site, v in sites.items()
-    }
-
-
-def initial_positions(post, num_chains, seed):
-    """Unconstrained initial positions, one per chain, shared by every sampler: the reference
-    posterior mean (``init_to_value``), so that efficiency is measured inside the main mode
-    (from random starts either NUTS sometimes leaves a chain in arma11's non-invertible MA
-    region, |theta| > 1, with a step size collapsed to 1e-30). Also returns NumPyro's potential
-    and postprocess functions."""
-    inits = []
-    for key in jax.random.split(jax.random.key(seed + 1000), num_chains):
-        params, potential_fn, postprocess, _ = initialize_model(
-            key,
-            post.model,
-            model_kwargs=post.kwargs,
-            dynamic_args=False,
-            init_strategy=init_to_value(values=reference_means(post)),
-        )
-        inits.append(params.z)
-    return jax.tree.map(lambda *x: jnp.stack(x), *inits), potential_fn, postprocess
 
 
 class _Recorder:
