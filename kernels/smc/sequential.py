@@ -96,7 +96,8 @@ def resample(
 
     Returns:
         ``(particles, log_weights, ancestors [N], resampled)``; after resampling every log
-        weight is ``logsumexp(log_weights) - log N`` (the total mass is kept).
+        weight is ``logsumexp(log_weights) - log N`` (the total mass is kept). A Python-number
+        threshold ``>= 1`` (always) or ``<= 0`` (never) skips the ``cond``.
     """
     n = log_weights.shape[0]
     shard = sharding.constrain_fn(mesh)
@@ -109,6 +110,11 @@ def resample(
     def no(key, x, log_w):
         return x, log_w, jnp.arange(n, dtype=jnp.int32)
 
+    if isinstance(ess_threshold, int | float):  # static threshold: no cond (same results)
+        if ess_threshold >= 1:
+            return (*yes(key, particles, log_weights), jnp.asarray(True))
+        if ess_threshold <= 0:
+            return (*no(key, particles, log_weights), jnp.asarray(False))
     do = rs.should_resample(log_weights, ess_threshold)
     x, log_w, anc = jax.lax.cond(do, yes, no, key, particles, log_weights)
     return x, log_w, anc, do
