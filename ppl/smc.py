@@ -363,19 +363,9 @@ class TemperedSMC:
         self.adapt_mass_matrix = bool(adapt_mass_matrix)
         self.max_num_steps = int(max_num_steps)
         self._checked: dict = {}  # argument signature -> latent site names (validated)
-        self._mesh = None
-        if shard is not False and shard is not None:
-            from kernels.smc import sharding
+        from kernels.smc import sharding
 
-            self._mesh = sharding.particle_mesh() if shard is True else shard
-            if not isinstance(self._mesh, jax.sharding.Mesh) or self._mesh.axis_names != (
-                sharding.AXIS,
-            ):
-                raise TypeError(
-                    "shard must be True (all local devices), False, or a 1-d Mesh with axis "
-                    f"'particles' (kernels.smc.sharding.particle_mesh(devices)); got {shard!r}"
-                )
-            sharding.check_divisible(self.num_particles, self._mesh)
+        self._mesh = sharding.mesh_from_option(shard, self.num_particles)
         step = self.kernel.build_kernel()
         self._takes_step_size = _kernel_accepts(step, "step_size")
         self._takes_imm = _kernel_accepts(step, "inverse_mass_matrix")

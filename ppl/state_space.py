@@ -161,19 +161,9 @@ class ParticleFilter:
         self.twist = twist
         self.resample_threshold = float(resample_threshold)
         self.resampling = resampling
-        self._mesh = None
-        if shard is not False and shard is not None:
-            from kernels.smc import sharding
+        from kernels.smc import sharding
 
-            self._mesh = sharding.particle_mesh() if shard is True else shard
-            if not isinstance(self._mesh, jax.sharding.Mesh) or self._mesh.axis_names != (
-                sharding.AXIS,
-            ):
-                raise TypeError(
-                    "shard must be True (all local devices), False, or a 1-d Mesh with axis "
-                    f"'particles' (kernels.smc.sharding.particle_mesh(devices)); got {shard!r}"
-                )
-            sharding.check_divisible(self.num_particles, self._mesh)
+        self._mesh = sharding.mesh_from_option(shard, self.num_particles)
         self._jitted = jax.jit(self._run, static_argnums=(3,))
         self._probe_jitted = jax.jit(self._probe)
         self._checked: dict = {}

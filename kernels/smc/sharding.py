@@ -26,7 +26,15 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from kernels.types import ArrayTree
 
-__all__ = ["particle_mesh", "shard", "constrain_fn", "replicate_fn", "check_divisible", "AXIS"]
+__all__ = [
+    "particle_mesh",
+    "mesh_from_option",
+    "shard",
+    "constrain_fn",
+    "replicate_fn",
+    "check_divisible",
+    "AXIS",
+]
 
 AXIS = "particles"
 
@@ -49,6 +57,22 @@ def check_divisible(num_particles: int, mesh: Mesh) -> None:
             f"num_particles={num_particles} must be divisible by the number of devices "
             f"({size}) to shard the particles; choose a multiple of {size}"
         )
+
+
+def mesh_from_option(shard: "bool | Mesh | None", num_particles: int) -> Mesh | None:
+    """The particle mesh for a user's ``shard=`` option: ``False``/``None`` -> no mesh, ``True``
+    -> all local devices, or a 1-d :class:`Mesh` on axis ``'particles'``; checks that
+    ``num_particles`` splits evenly."""
+    if shard is False or shard is None:
+        return None
+    mesh = particle_mesh() if shard is True else shard
+    if not isinstance(mesh, Mesh) or mesh.axis_names != (AXIS,):
+        raise TypeError(
+            "shard must be True (all local devices), False, or a 1-d Mesh with axis "
+            f"'particles' (kernels.smc.sharding.particle_mesh(devices)); got {shard!r}"
+        )
+    check_divisible(num_particles, mesh)
+    return mesh
 
 
 def shard(tree: ArrayTree, mesh: Mesh) -> ArrayTree:
