@@ -27,12 +27,15 @@ from lm_inference.bounds import rejection_samples
 from lm_inference.twists import head_twist
 
 
-def summarize(title, log_zs):
+def summarize(title, results):
+    """Print how many runs found the event and the spread of ``log Z_hat``; return the best run."""
+    log_zs = np.array([float(r.log_Z) for r in results])
     finite = np.isfinite(log_zs)
     stats = (
         f"mean {log_zs[finite].mean():.3f}, sd {log_zs[finite].std():.3f}" if finite.any() else ""
     )
     print(f"{title}: {finite.sum()}/{len(log_zs)} runs finite; log Z_hat {stats}")
+    return results[int(np.argmax(log_zs))]
 
 
 def show(target, result, k=3):
@@ -75,9 +78,8 @@ def main(argv=None):
     )
 
     keys = jax.random.split(jax.random.key(1), runs)
-    log_zs = np.array([float(lm_inference.smc(k, target, n).log_Z) for k in keys])
-    summarize(f"SMC, proposal = the model, N={n}, {runs} runs", log_zs)
-    show(target, lm_inference.smc(keys[int(np.argmax(log_zs))], target, n))
+    results = [lm_inference.smc(k, target, n) for k in keys]
+    show(target, summarize(f"SMC, proposal = the model, N={n}, {runs} runs", results))
 
     # an MLP head on the LM's last hidden state plus an embedding bag of the tokens so far
     head = head_twist(jax.random.key(5), lm.hidden_size, lm.vocab_size, T, prefix_size=64)
@@ -85,9 +87,10 @@ def main(argv=None):
         jax.random.key(2), target, "ctl", twist=head, num_steps=steps
     )
     twist = trained.twist
-    log_zs = np.array([float(lm_inference.smc(k, target, n, twist=twist).log_Z) for k in keys])
-    summarize(f"\ntwisted SMC, CTL twist ({steps} steps), N={n}, {runs} runs", log_zs)
-    show(target, lm_inference.smc(keys[0], target, n, twist=twist))
+    results = [lm_inference.smc(k, target, n, twist=twist) for k in keys]
+    show(
+        target, summarize(f"\ntwisted SMC, CTL twist ({steps} steps), N={n}, {runs} runs", results)
+    )
 
     exact = rejection_samples(jax.random.key(3), target, runs, batch=2048)
     print(f"\nbounds on log Z over {runs} runs, N={n} (exact target samples by rejection):")
