@@ -1,7 +1,7 @@
 """Twisted SMC quickstart on the embedded default model (``make demo``).
 
 Condition a small Shakespeare language model on a rare event -- its next ``T`` tokens mention
-a given word (about 0.8 % of its continuations of ``"ROMEO.\\n"`` for " love") -- and:
+a given word (about 0.9 % of its continuations of ``"ROMEO.\\n"`` for " love") -- and:
 
 1. sample unconditionally (batched ancestral sampling with a KV cache) and estimate
    ``log Z = log P(event)`` by plain Monte Carlo as a reference;
