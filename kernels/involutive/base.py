@@ -55,9 +55,10 @@ class InvolutiveState(NamedTuple):
         logdensity: $\\log p(x)$ (scalar), cached.
         logdensity_grad: $\\nabla \\log p(x)$ (same pytree as ``position``), cached for
             gradient-based moves; ``None`` for gradient-free ones.
-        aux: persistent auxiliary variable carried between steps by the stateful combinators
-            (direction $d$ for :func:`~kernels.involutive.lifted`, momentum for
-            :func:`~kernels.involutive.partial_refresh`); ``None`` otherwise.
+        aux: the move's persistent auxiliary state, a pytree laid out by the move itself
+            (``move.init_aux``): ``None`` for the built-ins; each combinator owns one slot
+            and hands every inner move a state whose ``aux`` is that move's own slot
+            (:mod:`kernels.involutive.combinators`), so nestings never share a slot.
     """
 
     position: ArrayTree
@@ -115,6 +116,14 @@ class Move(NamedTuple):
             (e.g. flip and store a direction); identity by default.
         init_aux: ``state -> aux``, initial persistent auxiliary variable; ``None`` by default.
         grad_evals: ``v -> int``, gradient evaluations of one involution call.
+        refresh: ``(rng_key, state, previous_v, alpha, flip) -> v``, a kernel leaving
+            $p(v \\mid x)$ invariant that keeps part of ``flip(previous_v)`` (used by
+            :func:`~kernels.involutive.partial_refresh`); ``None``: the autoregressive
+            $\\alpha\\,\\mathrm{flip}(v_{\\mathrm{prev}}) + \\sqrt{1-\\alpha^2}\\,\\varepsilon$ on the
+            whole of $v$ (a zero-mean Gaussian $p(v)$ independent of $x$).
+
+    Contract: ``involution`` returns a state whose ``aux`` is the input's (the persistent
+    state changes only in ``finalize``).
     """
 
     sample_aux: Callable[[PRNGKey, InvolutiveState], ArrayTree]
@@ -123,6 +132,7 @@ class Move(NamedTuple):
     finalize: Callable[[InvolutiveState, ArrayTree], InvolutiveState] = _keep_state
     init_aux: Callable[[InvolutiveState], Any] = _no_aux
     grad_evals: Callable[[ArrayTree], Array] = _no_grad_evals
+    refresh: Callable | None = None
 
 
 # ----------------------------------------------------------------------------------- init

@@ -10,8 +10,6 @@ rejections reverse (Horowitz 1991; paper, Sec. 4 "irreversibility"). $\alpha = 0
 
 from collections.abc import Callable
 
-import jax
-import jax.numpy as jnp
 from blackjax.base import SamplingAlgorithm
 
 from kernels.involutive import base
@@ -53,7 +51,7 @@ def irreversible_langevin_move(
 
 
 def init(position: ArrayLikeTree, logdensity_fn: LogDensityFn) -> InvolutiveState:
-    """Initial state: cached log density and gradient, zero momentum in ``aux``.
+    """Initial state: cached log density and gradient, ``partial_refresh``'s empty slot.
 
     Args:
         position: initial position pytree.
@@ -63,11 +61,8 @@ def init(position: ArrayLikeTree, logdensity_fn: LogDensityFn) -> InvolutiveStat
         The state.
     """
     state = base.init(position, logdensity_fn, with_grad=True)
-    return state._replace(aux=_zeros_like(state.position))
-
-
-def _zeros_like(tree):
-    return jax.tree.map(jnp.zeros_like, tree)
+    move = irreversible_langevin_move(logdensity_fn, 1.0, None, 0.0)  # the slot's layout only
+    return state._replace(aux=move.init_aux(state))
 
 
 def build_kernel(divergence_threshold: float = 1000.0) -> Callable:
