@@ -1,13 +1,14 @@
 """Pure-JAX inference primitives (no NumPyro import).
 
-Submodules, one concept each: ``involutive``, ``orbital``, ``flows``, ``implicit_mh``, ``smc``.
+Submodules, one concept each: ``involutive``, ``orbital``, ``flows``, ``implicit_mh``,
+``composition`` (cycles of kernels over blocks of the position), ``smc``.
 Every MCMC kernel follows BlackJAX's contract: ``init(position, logdensity_fn) -> state`` with
 ``state.position``, and ``step(key, state, ...) -> (state, info)``.
 """
 
 import importlib
 
-_SUBMODULES = ("involutive", "orbital", "flows", "implicit_mh", "smc", "types")
+_SUBMODULES = ("involutive", "orbital", "flows", "implicit_mh", "composition", "smc", "types")
 
 
 def __getattr__(name: str):
