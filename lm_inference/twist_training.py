@@ -23,10 +23,14 @@ proposal; sample weights are constants (stop-gradient).
   ``E_sigma[log q(s)]``, i.e. minimize ``KL(sigma || q)`` over the twist-induced proposal.
 
 Steps are jitted ``optax`` updates; ``checkpoint=path`` saves the parameters, optimizer state and
-step (safetensors) every ``checkpoint_every`` steps and resumes from the file when it exists.
+step (safetensors) every ``checkpoint_every`` steps and resumes from the file when it exists. The
+checkpoint records what it was trained for (:func:`lm_inference.twists.twist_record`: model, ``T``,
+prompt, head, potential, method); resuming for anything else raises
+:class:`lm_inference.twists.TwistMismatchError` instead of continuing the other target's twist.
 """
 
 import os
+import warnings
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -39,7 +43,15 @@ from tqdm.auto import tqdm
 from kernels.types import Array, ArrayTree, PRNGKey
 from lm_inference.target import Target
 from lm_inference.twisted_smc import TeacherForced, smc, teacher_force
-from lm_inference.twists import Twist, head_twist, load_params, save_params
+from lm_inference.twists import (
+    Twist,
+    check_record,
+    head_twist,
+    load_params,
+    read_record,
+    save_params,
+    twist_record,
+)
 
 __all__ = ["METHODS", "TrainResult", "train_twist", "twist_loss"]
 
@@ -183,7 +195,8 @@ def train_twist(
         exact_samples: optional ``[K, T]`` exact target samples used as positives (resampled
             ``batch_size`` per step).
         optimizer: an ``optax`` transformation (default Adam).
-        checkpoint: path of a safetensors checkpoint to save to and resume from.
+        checkpoint: path of a safetensors checkpoint to save to and resume from (resuming
+            checks that it was trained for this target, twist head and method).
         checkpoint_every: save every this many steps (and at the end).
         progress: show a tqdm progress bar.
         kind: head kind for the default twist, ``"linear"`` or ``"mlp"``.
@@ -204,10 +217,27 @@ def train_twist(
     params = twist.params
     opt_state = optimizer.init(params)
     start = 0
+    record = None if checkpoint is None else twist_record(target, twist, method=method)
     if checkpoint is not None and os.path.exists(checkpoint):
+        check_record(
+            read_record(checkpoint),
+            record,
+            checkpoint,
+            fix=(
+                "resuming would continue the twist trained for the other target; use a new "
+                f"checkpoint path, or delete {os.fspath(checkpoint)} to start over."
+            ),
+        )
         like = {"params": params, "opt_state": opt_state, "step": jnp.zeros((), jnp.int32)}
         loaded = load_params(checkpoint, like)
         params, opt_state, start = loaded["params"], loaded["opt_state"], int(loaded["step"])
+        if start >= num_steps:
+            warnings.warn(
+                f"train_twist: {os.fspath(checkpoint)} is already at step {start} >= num_steps = "
+                f"{num_steps}; nothing to train, returning its twist (raise num_steps to train "
+                "more).",
+                stacklevel=2,
+            )
     exact = exact_samples is not None
     if exact:
         exact_samples = jnp.asarray(exact_samples, jnp.int32)
@@ -216,7 +246,7 @@ def train_twist(
 
     def save(i):
         state = {"params": params, "opt_state": opt_state, "step": jnp.asarray(i, jnp.int32)}
-        save_params(checkpoint, state, {"method": method})
+        save_params(checkpoint, state, {"method": method}, record=record)
 
     bar = tqdm(range(start, num_steps), disable=not progress, desc=f"train twist ({method})")
     for i in bar:

@@ -57,3 +57,34 @@ def test_errors():
     target, _ = tiny(True)
     with pytest.raises(ValueError, match="unknown method"):
         train_twist(jax.random.key(0), target, "bogus")
+
+
+def test_resume_for_another_target_raises(tmp_path):
+    """Resuming a checkpoint for another potential, T, model or method raises instead of
+    continuing (or, past num_steps, silently returning) the other target's twist."""
+    from lm_inference import potentials
+    from lm_inference.tabular import TabularLM
+    from lm_inference.target import Target
+    from lm_inference.twists import TwistMismatchError, read_record
+
+    target, _ = tiny(True)
+    ck = tmp_path / "twist.safetensors"
+    kw = dict(num_steps=2, batch_size=8, checkpoint=ck, progress=False)
+    train_twist(jax.random.key(0), target, **kw)
+    rec = read_record(ck)
+    assert rec["num_tokens"] == 3 and rec["extra"] == {"method": "ctl"}
+    other_phi = Target(target.lm, [0, 1], 3, potentials.contains_token(2))
+    with pytest.raises(TwistMismatchError, match="potential: trained for") as e:
+        train_twist(jax.random.key(0), other_phi, **kw)
+    assert "resuming would continue" in str(e.value) and str(ck) in str(e.value)
+    with pytest.raises(TwistMismatchError, match=r"T \(num_tokens\): trained for 3"):
+        train_twist(jax.random.key(0), Target(target.lm, [0, 1], 2, target.log_potential), **kw)
+    lm2 = TabularLM(jax.random.key(5), vocab_size=4, eos_token_id=3)
+    with pytest.raises(TwistMismatchError, match="different weights"):
+        train_twist(jax.random.key(0), Target(lm2, [0, 1], 3, target.log_potential), **kw)
+    with pytest.raises(TwistMismatchError, match="method: trained with 'ctl', requested 'sixo'"):
+        train_twist(jax.random.key(0), target, "sixo", **kw)
+    # the same target: resuming a finished run trains nothing, and says so
+    with pytest.warns(UserWarning, match="nothing to train"):
+        res = train_twist(jax.random.key(0), target, **kw)
+    assert res.losses.size == 0
