@@ -58,6 +58,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from blackjax import GenerateSamplingAPI
 from blackjax.base import SamplingAlgorithm
 from blackjax.mcmc import integrators, metrics
 
@@ -78,6 +79,8 @@ __all__ = [
     "build_contracting_kernel",
     "orbital_hmc",
     "multinomial_hmc",
+    "build_multinomial_kernel",
+    "build_orbital_kernel",
     "contracting_orbital_hmc",
     "periodic_orbital",
     "rao_blackwell",
@@ -407,15 +410,17 @@ def _hamiltonian_parts(logdensity_fn, step_size, inverse_mass_matrix, friction=0
     """(metric, signed_step, logweight) for leapfrog, with friction $D_{\\epsilon/2} L D_{\\epsilon/2}$."""
     metric = metrics.default_metric(inverse_mass_matrix)
     integrator = integrators.velocity_verlet(logdensity_fn, metric.kinetic_energy)
+    # static test; a traced friction (per-particle parameters in SMC) always takes the damped path
+    damped = isinstance(friction, jax.core.Tracer) or bool(friction)
 
     def signed_step(z, d):
         eps = d * step_size
-        if friction:
+        if damped:
             damp = jnp.exp(-0.5 * friction * eps)
             z = z._replace(momentum=jax.tree.map(lambda p: damp * p, z.momentum))
         z = integrator(z, eps)
         logdet = jnp.zeros((), jnp.result_type(float))
-        if friction:
+        if damped:
             z = z._replace(momentum=jax.tree.map(lambda p: damp * p, z.momentum))
             dim = sum(x.size for x in jax.tree.leaves(z.momentum))
             logdet = -friction * eps * dim
@@ -511,22 +516,30 @@ def build_kernel(
 
 
 def build_contracting_kernel(
-    max_steps: int, log_cutoff: float = 20.0, rotation: float | None = None
+    max_steps: int | None = None, log_cutoff: float = 20.0, rotation: float | None = None
 ) -> Callable[..., tuple[OrbitalState, OrbitalInfo]]:
     """Build the contracting orbital transition (leapfrog with friction, both ways).
 
     Args:
-        max_steps: at most this many leapfrog steps each way (static).
+        max_steps: at most this many leapfrog steps each way (static; or pass it to the
+            kernel).
         log_cutoff: stop a direction once its log weight is below the running maximum minus
             this, and drop the points below the final maximum minus this.
         rotation: orbit choice, see :func:`choose`.
 
     Returns:
-        ``kernel(rng_key, state, logdensity_fn, step_size, inverse_mass_matrix, friction)``.
+        ``kernel(rng_key, state, logdensity_fn, step_size, inverse_mass_matrix, friction,
+        max_steps=None)``.
     """
     rotation = _check_rotation(rotation)
+    default_max_steps = max_steps
 
-    def kernel(rng_key, state, logdensity_fn, step_size, inverse_mass_matrix, friction):
+    def kernel(
+        rng_key, state, logdensity_fn, step_size, inverse_mass_matrix, friction, max_steps=None
+    ):
+        max_steps = default_max_steps if max_steps is None else int(max_steps)
+        if max_steps is None:
+            raise ValueError("max_steps is required (as a kernel argument or in build_kernel).")
         metric, signed_step, logweight = _hamiltonian_parts(
             logdensity_fn, step_size, inverse_mass_matrix, friction
         )
@@ -547,6 +560,71 @@ def build_contracting_kernel(
         return new_state, info
 
     return kernel
+
+
+def build_orbital_kernel(
+    period: int | None = None,
+    index_shift: int | None = None,
+    momentum_persistence: float = 0.0,
+    rotation: float | None = None,
+) -> Callable[..., tuple[OrbitalState, OrbitalInfo]]:
+    """Build the orbital HMC transition of :func:`orbital_hmc` (``index_shift`` ``P // 2``).
+
+    Args:
+        period: default window length P (static; or pass it to the kernel).
+        index_shift: $c$ of the index shift; default ``P // 2``.
+        momentum_persistence: $\\alpha$ of the partial momentum refresh.
+        rotation: orbit choice, see :func:`choose` (None: independent sampling).
+
+    Returns:
+        ``kernel(rng_key, state, logdensity_fn, step_size, inverse_mass_matrix, period=None,
+        num_points=None)``.
+    """
+    build_kernel(0, momentum_persistence, period, rotation)  # checks the arguments
+    default_period = period
+
+    def kernel(
+        rng_key, state, logdensity_fn, step_size, inverse_mass_matrix, period=None, num_points=None
+    ):
+        period = default_period if period is None else int(period)
+        if period is None:
+            raise ValueError("period is required (as a kernel argument or in build_kernel).")
+        shift = period // 2 if index_shift is None else int(index_shift)
+        inner = build_kernel(shift, momentum_persistence, period, rotation)
+        return inner(
+            rng_key, state, logdensity_fn, step_size, inverse_mass_matrix, None, num_points
+        )
+
+    return kernel
+
+
+def build_multinomial_kernel(
+    num_steps: int | None = None, rotation: float | None = None
+) -> Callable[..., tuple[OrbitalState, OrbitalInfo]]:
+    """Build the multinomial HMC transition (BlackJAX ``build_kernel`` contract).
+
+    Args:
+        num_steps: default number of leapfrog steps $L$ (static; window of $L + 1$ points).
+        rotation: orbit choice, see :func:`choose` (None: independent sampling).
+
+    Returns:
+        ``kernel(rng_key, state, logdensity_fn, step_size, inverse_mass_matrix,
+        num_steps=None)``.
+    """
+    kernel = build_kernel(index_shift=None, rotation=rotation)
+    default_num_steps = num_steps
+
+    def multinomial_kernel(
+        rng_key, state, logdensity_fn, step_size, inverse_mass_matrix, num_steps=None
+    ):
+        num_steps = default_num_steps if num_steps is None else int(num_steps)
+        if num_steps is None:
+            raise ValueError("num_steps is required (as a kernel argument or in build_kernel).")
+        return kernel(
+            rng_key, state, logdensity_fn, step_size, inverse_mass_matrix, period=num_steps + 1
+        )
+
+    return multinomial_kernel
 
 
 def _check(step_size, period):
@@ -646,14 +724,8 @@ def multinomial_hmc(
         a ``blackjax.base.SamplingAlgorithm``.
     """
     _check(step_size, num_steps + 1)
-    kernel = build_kernel(index_shift=None, rotation=rotation)
-    return _top_level(
-        logdensity_fn,
-        kernel,
-        inverse_mass_matrix,
-        step_size=step_size,
-        period=int(num_steps) + 1,
-    )
+    kernel = build_multinomial_kernel(int(num_steps), rotation=rotation)
+    return _top_level(logdensity_fn, kernel, inverse_mass_matrix, step_size=step_size)
 
 
 def contracting_orbital_hmc(
@@ -696,6 +768,20 @@ def contracting_orbital_hmc(
     return _top_level(
         logdensity_fn, kernel, inverse_mass_matrix, step_size=step_size, friction=float(friction)
     )
+
+
+def _api(top_level, build) -> GenerateSamplingAPI:
+    api = GenerateSamplingAPI(top_level, init, build)
+    api.__doc__ = top_level.__doc__
+    return api
+
+
+# BlackJAX's top-level API: call for a SamplingAlgorithm; ``.init(position, logdensity_fn)`` and
+# ``.build_kernel(...)`` for blackjax.tempered_smc and kernels.smc.tempering (the static sizes
+# (period, num_steps, max_steps) go to build_kernel or to the kernel call).
+orbital_hmc = _api(orbital_hmc, build_orbital_kernel)
+multinomial_hmc = _api(multinomial_hmc, build_multinomial_kernel)
+contracting_orbital_hmc = _api(contracting_orbital_hmc, build_contracting_kernel)
 
 
 class PeriodicState(NamedTuple):
