@@ -22,6 +22,7 @@ _EXPORTS = {
 
 def __getattr__(name: str):
     if name in _EXPORTS:
+        # (importing ppl.bdmc sets the submodule as ppl.bdmc: that module is callable)
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'ppl' has no attribute {name!r}")
 

@@ -24,6 +24,8 @@ $\min U \ge \log Z - \log(2R/\alpha)$ jointly with probability at least ``1 - al
 
 from __future__ import annotations
 
+import sys
+import types
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -279,3 +281,15 @@ def bdmc(
     lower = jax.vmap(lambda k, d: one(k, d, None))(keys_lo, sim_data)
     upper = jax.vmap(one)(keys_up, sim_data, latents)
     return BDMCResult(lower, upper, sim_data, latents, frozen)
+
+
+class _CallableModule(types.ModuleType):
+    """``ppl.bdmc`` is this module once imported (Python sets the submodule on the package), so
+    calling the module calls :func:`bdmc`: ``ppl.bdmc(...)`` works on every call, in any
+    import order."""
+
+    def __call__(self, *args, **kwargs):
+        return bdmc(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -131,3 +131,18 @@ def test_errors():
         bdmc(key, normal_model, 10, data={"y": jnp.zeros(10)}, posterior_samples={"nu": 0.0})
     with pytest.raises(ValueError, match="num_runs"):
         bdmc(key, normal_model, 10, observed="y", num_runs=0)
+
+
+def test_bdmc_stays_callable_after_first_use(monkeypatch):
+    """ppl.bdmc is the function on every call, also after `import ppl.bdmc` set the submodule."""
+    import importlib
+
+    import ppl
+
+    module = importlib.import_module("ppl.bdmc")
+    calls = []
+    monkeypatch.setattr(module, "bdmc", lambda *a, **k: calls.append((a, k)) or "result")
+    assert ppl.bdmc(1, y=None) == "result"
+    assert ppl.bdmc(2) == "result"  # a second call (was "'module' object is not callable")
+    assert calls == [((1,), {"y": None}), ((2,), {})]
+    assert ppl.BDMCResult is module.BDMCResult
