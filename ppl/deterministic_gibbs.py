@@ -3,9 +3,15 @@ r"""``DeterministicGibbs``: discrete deterministic Gibbs (:mod:`kernels.flows`) 
 For models whose latent sites are all discrete with finite support. Each element of each latent
 site is one coordinate, moving through the values of its ``enumerate_support`` with speed
 $c_i / p(x_i \mid x_{-i})$ (:func:`kernels.flows.discrete_deterministic_gibbs`). Every MCMC
-"sample" is one event of the flow: the state that was occupied and the time spent in it.
-Samples are weighted: collect ``extra_fields=("weight",)`` and estimate
-$\sum_t w_t f(z_t) / \sum_t w_t$; :func:`resample` gives an unweighted view.
+By default (``output="times"``) every MCMC sample is the state of the flow observed at
+equally spaced times $t_k = k\,\Delta$: the process $X(t)$ preserves $\pi$ and its time
+averages converge to $\pi$-expectations, so $\frac1K\sum_k f(X(t_k)) \to E_\pi f$ and the
+unweighted samples, ``print_summary`` and arviz are right as they stand. $\Delta$ defaults to the
+mean time of an event measured on a pilot run of each chain (about one event per sample).
+With ``output="events"`` every sample is one event of the flow: the state occupied and the
+time spent in it. Those samples are weighted: collect ``extra_fields=("weight",)`` and
+estimate $\sum_t w_t f(z_t) / \sum_t w_t$ (:func:`resample` gives an unweighted view); read
+unweighted they are biased.
 """
 
 from __future__ import annotations
@@ -31,16 +37,24 @@ class DGibbsSample(NamedTuple):
     """State of :class:`DeterministicGibbs`.
 
     Attributes:
-        z: site values of the state occupied during the last event.
-        weight: the time spent in it.
+        z: site values: the state observed at the last observation time (``output="times"``),
+            or the state occupied during the last event (``output="events"``).
+        weight: the time the sample stands for: the observation interval, or the time spent
+            in the event.
         inner: the :class:`kernels.flows.DGibbsState` (integer state, cell positions, speeds).
-        num_density_evals: log-joint evaluations of the last event.
+        num_density_evals: log-joint evaluations since the previous sample.
+        position: the integer state occupied now (flattened support indices).
+        remaining: the time left in the current event (``output="times"``; 0 otherwise).
+        interval: the observation interval $\\Delta$ of this chain.
     """
 
     z: ArrayTree
     weight: Array
     inner: flows.DGibbsState
     num_density_evals: Array
+    position: Array
+    remaining: Array
+    interval: Array
 
 
 class DeterministicGibbs(MCMCKernel):
@@ -50,9 +64,13 @@ class DeterministicGibbs(MCMCKernel):
 
         mcmc = MCMC(DeterministicGibbs(model), num_warmup=0, num_samples=2000, num_chains=8,
                     chain_method="vectorized")
+        mcmc.run(key, data)
+        mcmc.print_summary()                      # unweighted: the flow at equal times
+
+        # the weighted events instead
+        mcmc = MCMC(DeterministicGibbs(model, output="events"), ...)
         mcmc.run(key, data, extra_fields=("weight",))
-        w = mcmc.get_extra_fields()["weight"]
-        z = mcmc.get_samples()["z"]
+        w, z = mcmc.get_extra_fields()["weight"], mcmc.get_samples()["z"]
         estimate = (w[:, None] * z).sum(0) / w.sum()
 
     Args:
@@ -60,17 +78,35 @@ class DeterministicGibbs(MCMCKernel):
             ``has_enumerate_support``.
         speed: optional speeds $c_i > 0$ (a scalar, or one per flattened coordinate in site
             order); default $c_i \\sim U(0.5, 1.5)$ per chain.
+        output: ``"times"`` (default): each sample is the flow observed at the next of equally
+            spaced times, unweighted; ``"events"``: each sample is one event, weighted by the
+            time spent in it.
+        interval: the spacing $\\Delta > 0$ of the observation times (``output="times"``);
+            default: the mean event time over a pilot of ``max(32, 4 d)`` events per chain.
     """
 
     sample_field = "z"
 
-    def __init__(self, model: Callable, speed: Array | float | None = None):
+    def __init__(
+        self,
+        model: Callable,
+        speed: Array | float | None = None,
+        *,
+        output: str = "times",
+        interval: float | None = None,
+    ):
         if not callable(model):
             raise TypeError(
                 f"model must be a NumPyro model (callable), got {type(model).__name__}."
             )
+        if output not in ("times", "events"):
+            raise ValueError(f'output must be "times" or "events", got {output!r}.')
+        if interval is not None and not float(interval) > 0:
+            raise ValueError(f"interval must be positive, got {interval!r}.")
         self._model = model
         self._speed = speed
+        self._output = output
+        self._interval = interval
         self._step = None
         self._to_values = None
 
@@ -139,6 +175,7 @@ class DeterministicGibbs(MCMCKernel):
             return log_density(self._model, model_args, model_kwargs, to_values(x))[0]
 
         init, step = flows.discrete_deterministic_gibbs(log_joint, supports)
+        self._num_coords = len(supports)
         return init, step, to_values, to_indices
 
     def init(
@@ -174,13 +211,22 @@ class DeterministicGibbs(MCMCKernel):
         else:
             x0 = to_indices(params)
 
+        step = self._step
+        pilot = max(32, 4 * self._num_coords)
+
         def one(key, x0):
             inner = init(key, x0, self._speed)
+            dtype = inner.cell.dtype
+            if self._output == "events":
+                interval = jnp.zeros((), dtype)
+            elif self._interval is not None:
+                interval = jnp.asarray(self._interval, dtype)
+            else:  # mean event time on a pilot run from the same start
+                _, times = jax.lax.scan(_pilot_body(step), inner, None, pilot)
+                interval = jnp.mean(times).astype(dtype)
+            zero = jnp.zeros((), dtype)
             return DGibbsSample(
-                self._to_values(x0),
-                jnp.zeros((), inner.cell.dtype),
-                inner,
-                jnp.zeros((), jnp.int32),
+                self._to_values(x0), zero, inner, jnp.zeros((), jnp.int32), x0, zero, interval
             )
 
         if batched:
@@ -188,7 +234,8 @@ class DeterministicGibbs(MCMCKernel):
         return one(jax.random.fold_in(rng_key, 1), x0)
 
     def sample(self, state: DGibbsSample, model_args: tuple, model_kwargs: dict) -> DGibbsSample:
-        """One event of the flow: the state occupied and the time spent in it.
+        """The next sample: the flow observed ``interval`` later (``output="times"``), or its
+        next event, the state occupied and the time spent in it (``output="events"``).
 
         Args:
             state: current state.
@@ -201,15 +248,59 @@ class DeterministicGibbs(MCMCKernel):
         if self._step is None:
             raise RuntimeError("Call init (or MCMC.run) before sample.")
 
-        def one(inner):
-            inner, info = self._step(inner)
+        step = self._step
+
+        def one_event(state):
+            inner, info = step(state.inner)
+            zero = jnp.zeros((), info.weight.dtype)
             return DGibbsSample(
-                self._to_values(info.position), info.weight, inner, info.num_density_evals
+                self._to_values(info.position),
+                info.weight,
+                inner,
+                info.num_density_evals,
+                info.position,
+                zero,
+                state.interval,
             )
 
+        def one_time(state):
+            # advance the flow by `interval`: X(t + interval) is the state occupied then
+            def cond(c):
+                return c[0] >= c[3]  # need >= remaining: the current event ends first
+
+            def body(c):
+                need, inner, _, remaining, evals = c
+                inner, info = step(inner)
+                return (
+                    need - remaining,
+                    inner,
+                    info.position,
+                    info.weight,
+                    evals + info.num_density_evals,
+                )
+
+            init = (
+                state.interval,
+                state.inner,
+                state.position,
+                state.remaining,
+                jnp.zeros((), jnp.int32),
+            )
+            need, inner, position, remaining, evals = jax.lax.while_loop(cond, body, init)
+            return DGibbsSample(
+                self._to_values(position),
+                state.interval,
+                inner,
+                evals,
+                position,
+                remaining - need,
+                state.interval,
+            )
+
+        one = one_event if self._output == "events" else one_time
         if jnp.ndim(state.weight) > 0:  # vectorized chains
-            return jax.vmap(one)(state.inner)
-        return one(state.inner)
+            return jax.vmap(one)(state)
+        return one(state)
 
     def postprocess_fn(self, args: tuple, kwargs: dict) -> Callable:
         """Identity: the sites are sampled in their own (discrete) values.
@@ -224,7 +315,7 @@ class DeterministicGibbs(MCMCKernel):
         return lambda z: z
 
     def get_diagnostics_str(self, state: DGibbsSample) -> str:
-        """Progress-bar text: the time of the last event.
+        """Progress-bar text: the time the last sample stands for.
 
         Args:
             state: current state.
@@ -232,7 +323,15 @@ class DeterministicGibbs(MCMCKernel):
         Returns:
             The text.
         """
-        return f"time in state {float(state.weight):.3g}"
+        return f"time {float(state.weight):.3g}"
+
+
+def _pilot_body(step):
+    def body(inner, _):
+        inner, info = step(inner)
+        return inner, info.weight
+
+    return body
 
 
 def resample(key: PRNGKey, samples: dict, weights: Array, num_samples: int | None = None) -> dict:
