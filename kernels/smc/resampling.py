@@ -21,6 +21,18 @@ systematic and stratified (Chopin and Singh, 2015); a deterministic copy with pr
 satisfies ``E[1 / Z_hat] = 1 / Z`` exactly (tests/kernels/smc/test_enumeration.py enumerates the
 extended space). Dropping the permutation, or drawing the others by the plain scheme on
 ``M - 1`` points, breaks the identity.
+
+BlackJAX's resampling functions have the same names and positional signature but take
+*normalized probabilities* (``blackjax.tempered_smc`` calls ``resampling_fn(key, state.weights,
+N)``). Read as log weights, probabilities resample almost uniformly (``softmax(W)`` is within a
+factor ``e`` of uniform), so :func:`multinomial`, :func:`systematic`, :func:`stratified` and
+:func:`residual` refuse input that is a probability vector: non-negative, summing to 1 up to
+rounding (``|sum - 1| <= 16 N eps_float32``) and not constant (for constant input both readings
+agree). Concrete input raises :class:`ProbabilityWeightsError`; under ``jit``/``vmap``/``scan``
+the check runs on the device and the host callback (only when it fires) raises the same
+message inside a ``JaxRuntimeError``. For BlackJAX pass :func:`for_blackjax(systematic)
+<for_blackjax>`; log weights that really are such a vector can be shifted by any constant (the
+schemes are invariant to it) or passed with ``check=False``.
 """
 
 from collections.abc import Callable
@@ -31,6 +43,8 @@ import jax.numpy as jnp
 from kernels.types import Array, PRNGKey
 
 __all__ = [
+    "ProbabilityWeightsError",
+    "for_blackjax",
     "normalize",
     "log_ess",
     "ess",
@@ -49,6 +63,81 @@ __all__ = [
 ]
 
 Scheme = Callable[[PRNGKey, Array, int], Array]
+
+
+class ProbabilityWeightsError(ValueError):
+    """A scheme on log weights was given normalized probabilities (BlackJAX's convention)."""
+
+
+def _probability_message(name: str) -> str:
+    return (
+        f"kernels.smc.resampling.{name} takes unnormalized LOG weights, but was given a "
+        "probability vector (non-negative, summing to 1): BlackJAX's convention, e.g. "
+        "blackjax.tempered_smc calls resampling_fn(key, state.weights, N) with normalized "
+        "weights. Read as log weights these would resample almost uniformly. For BlackJAX pass "
+        f"kernels.smc.resampling.for_blackjax(kernels.smc.resampling.{name}) (or "
+        f"blackjax.smc.resampling.{name}); if these really are log weights, shift them by a "
+        f"constant (the scheme is invariant to it) or call {name}(key, log_weights, n, "
+        "check=False)."
+    )
+
+
+def _looks_like_probabilities(w: Array) -> Array:
+    """Bool scalar: ``w`` is a non-constant probability vector (up to float32 rounding)."""
+    n = w.shape[0]
+    tol = 16 * n * float(jnp.finfo(jnp.float32).eps)
+    finite = jnp.all(jnp.isfinite(w))
+    in_unit = jnp.all((w >= 0) & (w <= 1))
+    sums_to_one = jnp.abs(jnp.sum(w) - 1) <= tol
+    not_constant = jnp.max(w) > jnp.min(w)
+    return finite & in_unit & sums_to_one & not_constant
+
+
+def _raise_if(flag, name: str) -> None:
+    import numpy as np
+
+    if np.any(flag):
+        raise ProbabilityWeightsError(_probability_message(name))
+
+
+def _check_log_weights(log_weights: Array, name: str) -> None:
+    """Refuse a probability vector where log weights are expected (eager: raise; traced: a
+    device-side check whose host callback runs only when it fires)."""
+    if log_weights.ndim != 1 or log_weights.shape[0] < 2:
+        return
+    flag = _looks_like_probabilities(log_weights)
+    if not isinstance(flag, jax.core.Tracer):
+        _raise_if(flag, name)
+        return
+    jax.lax.cond(
+        flag,
+        lambda f: jax.debug.callback(lambda g: _raise_if(g, name), f),
+        lambda f: None,
+        flag,
+    )
+
+
+def for_blackjax(scheme: "Scheme") -> "Scheme":
+    """``scheme`` on BlackJAX's convention: ``f(key, weights [N], num_samples)`` with
+    normalized probabilities ``weights`` (as ``blackjax.tempered_smc`` passes them).
+
+    Args:
+        scheme: a scheme of this module (on log weights).
+
+    Returns:
+        the same resampling law, taking probabilities (zeros allowed, never selected).
+    """
+
+    def on_weights(key: PRNGKey, weights: Array, num_samples: int) -> Array:
+        w = jnp.asarray(weights)
+        log_w = jnp.where(w > 0, jnp.log(jnp.where(w > 0, w, 1.0)), -jnp.inf)
+        if scheme in _CHECKED:
+            return scheme(key, log_w, num_samples, check=False)
+        return scheme(key, log_w, num_samples)
+
+    on_weights.__name__ = f"{getattr(scheme, '__name__', 'scheme')}_on_weights"
+    on_weights.__doc__ = f"{on_weights.__name__[:-11]} resampling on normalized probabilities."
+    return on_weights
 
 
 def _safe(log_weights: Array) -> Array:
@@ -102,47 +191,59 @@ def _inverse_cdf_w(u: Array, w: Array) -> Array:
     return jnp.minimum(idx, last_positive).astype(jnp.int32)
 
 
-def multinomial(key: PRNGKey, log_weights: Array, num_samples: int) -> Array:
+def multinomial(key: PRNGKey, log_weights: Array, num_samples: int, *, check: bool = True) -> Array:
     """Multinomial resampling: ``A_k ~ Categorical(W)`` i.i.d.
 
     Args:
         key: PRNG key.
         log_weights: ``[N]`` unnormalized log weights.
         num_samples: ``M``, the number of ancestors.
+        check: refuse a probability vector (BlackJAX's convention; see the module
+            docstring).
 
     Returns:
         ``[M]`` int32 ancestor indices, i.i.d. (not sorted).
     """
+    if check:
+        _check_log_weights(log_weights, "multinomial")
     u = jax.random.uniform(key, (num_samples,), dtype=log_weights.dtype)
     return _inverse_cdf(u, log_weights)
 
 
-def systematic(key: PRNGKey, log_weights: Array, num_samples: int) -> Array:
+def systematic(key: PRNGKey, log_weights: Array, num_samples: int, *, check: bool = True) -> Array:
     """Systematic resampling: one uniform ``U``, points ``(k + U) / M``.
 
     Args:
         key: PRNG key.
         log_weights: ``[N]`` unnormalized log weights.
         num_samples: ``M``.
+        check: refuse a probability vector (BlackJAX's convention; see the module
+            docstring).
 
     Returns:
         ``[M]`` int32 ancestors; offspring counts are ``floor(M W_i)`` or ``ceil(M W_i)``.
     """
+    if check:
+        _check_log_weights(log_weights, "systematic")
     u = jax.random.uniform(key, (), dtype=log_weights.dtype)
     return _grid_from(u, log_weights, num_samples)
 
 
-def stratified(key: PRNGKey, log_weights: Array, num_samples: int) -> Array:
+def stratified(key: PRNGKey, log_weights: Array, num_samples: int, *, check: bool = True) -> Array:
     """Stratified resampling: independent ``U_k``, points ``(k + U_k) / M``.
 
     Args:
         key: PRNG key.
         log_weights: ``[N]`` unnormalized log weights.
         num_samples: ``M``.
+        check: refuse a probability vector (BlackJAX's convention; see the module
+            docstring).
 
     Returns:
         ``[M]`` int32 ancestors.
     """
+    if check:
+        _check_log_weights(log_weights, "stratified")
     u = jax.random.uniform(key, (num_samples,), dtype=log_weights.dtype)
     return _grid_from(u, log_weights, num_samples)
 
@@ -153,17 +254,21 @@ def _grid_from(u: Array, log_weights: Array, num_samples: int) -> Array:
     return _inverse_cdf((k + u) / num_samples, log_weights)
 
 
-def residual(key: PRNGKey, log_weights: Array, num_samples: int) -> Array:
+def residual(key: PRNGKey, log_weights: Array, num_samples: int, *, check: bool = True) -> Array:
     """Residual resampling: ``floor(M W_i)`` copies of ``i``, the rest multinomial on the residuals.
 
     Args:
         key: PRNG key.
         log_weights: ``[N]`` unnormalized log weights.
         num_samples: ``M``.
+        check: refuse a probability vector (BlackJAX's convention; see the module
+            docstring).
 
     Returns:
         ``[M]`` int32 ancestors.
     """
+    if check:
+        _check_log_weights(log_weights, "residual")
     u = jax.random.uniform(key, (num_samples,), dtype=log_weights.dtype)
     return _residual_from(u, log_weights, num_samples)
 
@@ -375,6 +480,8 @@ _CONDITIONAL = {
     stratified: conditional_stratified,
     residual: conditional_residual,
 }
+
+_CHECKED = (multinomial, systematic, stratified, residual)
 
 SCHEMES = {
     "multinomial": multinomial,

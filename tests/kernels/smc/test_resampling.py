@@ -130,3 +130,84 @@ def test_resample_if_under_scan_jit():
     # threshold 1 always resamples, 0 never
     assert bool(rs.resample_if(jax.random.key(0), lw_good, 1.0)[1])
     assert not bool(rs.resample_if(jax.random.key(0), lw_bad, 0.0)[1])
+
+
+# BlackJAX's convention: its resampling functions take normalized probabilities.
+
+
+@pytest.mark.parametrize("name", list(rs.SCHEMES))
+def test_probabilities_refused_eagerly_and_under_jit(name):
+    scheme = rs.SCHEMES[name]
+    w = jnp.asarray(W, jnp.float32)
+    with pytest.raises(rs.ProbabilityWeightsError, match="for_blackjax"):
+        scheme(jax.random.key(0), w, N)
+    batched = jax.jit(jax.vmap(lambda k, w: scheme(k, w, N)))
+    keys = jax.random.split(jax.random.key(0), 3)
+    ws = jnp.stack([jnp.asarray(LOG_W, jnp.float32), w, jnp.zeros(N)])
+    with pytest.raises(Exception, match="LOG weights"):
+        jax.block_until_ready(batched(keys, ws))
+    # log weights, a constant vector (both readings agree), check=False, N = 1: accepted
+    jax.block_until_ready(batched(keys, ws.at[1].set(jnp.log(w + 1e-3))))
+    scheme(jax.random.key(0), jnp.full(N, 1.0 / N), N)
+    scheme(jax.random.key(0), w, N, check=False)
+    scheme(jax.random.key(0), jnp.ones(1), 3)
+
+
+@pytest.mark.parametrize("name", list(rs.SCHEMES))
+def test_for_blackjax_takes_probabilities(name):
+    scheme = rs.for_blackjax(rs.SCHEMES[name])
+    keys = jax.random.split(jax.random.key(1), R)
+    anc = np.asarray(jax.jit(jax.vmap(lambda k: scheme(k, jnp.asarray(W, jnp.float32), N)))(keys))
+    counts = np.stack([(anc == i).sum(1) for i in range(N)], 1)
+    assert np.all(counts[:, 2] == 0)
+    z = (counts.mean(0) - N * W) / (counts.std(0) / np.sqrt(R) + 1e-12)
+    assert np.all(np.abs(z[W > 0]) < 4.5), z  # z-score
+    # negative control: the same probabilities read as log weights resample almost uniformly
+    plain = jax.vmap(lambda k: rs.SCHEMES[name](k, jnp.asarray(W, jnp.float32), N, check=False))
+    wrong = np.asarray(jax.jit(plain)(keys))
+    assert abs((wrong == 5).sum(1).mean() - N * W[5]) > 1.0  # 2.88 expected, about 1.3 seen
+
+
+def test_for_blackjax_matches_blackjax_systematic():
+    from blackjax.smc import resampling as bj
+
+    w = jnp.asarray(W, jnp.float32)
+    for seed in range(20):
+        key = jax.random.key(seed)
+        np.testing.assert_array_equal(
+            rs.for_blackjax(rs.systematic)(key, w, N), bj.systematic(key, w, N)
+        )
+
+
+def test_misuse_inside_blackjax_tempered_smc_raises():
+    import blackjax
+    from blackjax.smc import extend_params
+
+    def logprior(x):
+        return -0.5 * jnp.sum(x**2)
+
+    def loglik(x):
+        return -0.5 * jnp.sum((x - 1.0) ** 2)
+
+    def build(scheme):
+        return blackjax.tempered_smc(
+            logprior,
+            loglik,
+            blackjax.rmh.build_kernel(),
+            blackjax.rmh.init,
+            extend_params({"transition_generator": blackjax.mcmc.random_walk.normal(0.5)}),
+            scheme,
+            num_mcmc_steps=1,
+        )
+
+    x0 = jax.random.normal(jax.random.key(0), (64, 2))
+    for scheme in (rs.systematic, rs.for_blackjax(rs.systematic)):
+        smc = build(scheme)
+        step = jax.jit(smc.step)
+        state = smc.init(x0)
+        if scheme is rs.systematic:
+            with pytest.raises(Exception, match="LOG weights"):
+                jax.block_until_ready(step(jax.random.key(1), state, 0.5))
+        else:
+            state, info = step(jax.random.key(1), state, 0.5)
+            assert np.isfinite(float(info.log_likelihood_increment))
