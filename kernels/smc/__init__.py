@@ -33,6 +33,8 @@ _NAMES = {
     "conditional_stratified": "resampling",
     "conditional_residual": "resampling",
     "resample_if": "resampling",
+    "for_blackjax": "resampling",
+    "ProbabilityWeightsError": "resampling",
     "log_mean_exp": "estimators",
     "kl_intervals": "estimators",
 }
