@@ -316,7 +316,10 @@ class BlackJAXKernel(MCMCKernel):
         )
         self._potential_fn_gen = potential_fn_gen
         self._postprocess_fn = postprocess_fn
-        return new_params if init_params is None else init_params
+        if init_params is None:
+            return new_params
+        _check_init_params(init_params, new_params.z, vectorized=not is_prng_key(rng_key))
+        return init_params
 
     def init(
         self,
@@ -492,3 +495,45 @@ class BlackJAXKernel(MCMCKernel):
         state["_sample_fn"] = None
         state["_wa_update"] = None
         return state
+
+
+def _check_init_params(init_params: Any, expected: Any, vectorized: bool) -> None:
+    """Raise a ValueError naming the site when ``init_params`` does not match the model.
+
+    ``expected`` is the model's own initial unconstrained position (``ParamInfo.z``: a dict
+    site -> array, with a leading chain axis for vectorized chains).
+    """
+    given = init_params.z if isinstance(init_params, ParamInfo) else init_params
+    chains = ""
+    if vectorized:
+        n = jax.tree.leaves(expected)[0].shape[0] if jax.tree.leaves(expected) else 0
+        chains = f", with a leading axis of {n} chains"
+    if not isinstance(expected, dict):
+        return
+    if not isinstance(given, dict):
+        raise ValueError(
+            "init_params must be a dict {site name: unconstrained value} (or a ParamInfo) like "
+            f"the model's latent sites {sorted(expected)}, got {type(given).__name__}."
+        )
+    missing = sorted(set(expected) - set(given))
+    extra = sorted(set(given) - set(expected))
+    if missing or extra:
+        shapes = {k: tuple(jnp.shape(v)) for k, v in expected.items()}
+        raise ValueError(
+            "init_params must give every latent site of the model and nothing else"
+            + (f"; missing {missing}" if missing else "")
+            + (f"; not latent sites of the model {extra}" if extra else "")
+            + f". Expected unconstrained shapes{chains}: {shapes}."
+        )
+    for name, want in expected.items():
+        got, want = tuple(jnp.shape(given[name])), tuple(jnp.shape(want))
+        if got != want:
+            site = want[1:] if vectorized else want
+            raise ValueError(
+                f"init_params[{name!r}] has shape {got}; expected {want}: the site's "
+                f"unconstrained shape {site}{chains} (values are in unconstrained space, as "
+                "in numpyro.infer.HMC)."
+            )
+        dtype = jnp.result_type(given[name])
+        if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
+            raise ValueError(f"init_params[{name!r}] has dtype {dtype}; expected real numbers.")

@@ -212,3 +212,45 @@ def test_example_runs():
     results = example.main(["--quick"])
     for summary in results.values():
         assert (summary["r_hat"] < 1.1).all(), summary
+
+
+def _two_sites():
+    w = numpyro.sample("w", dist.Normal().expand([3]))
+    s = numpyro.sample("s", dist.HalfNormal())
+    numpyro.sample("y", dist.Normal(w.sum(), s), obs=1.0)
+
+
+@pytest.mark.parametrize("kernel_cls", ["involutive"])
+def test_init_params_errors_name_the_site(kernel_cls):
+    """Wrong-shaped, incomplete or extra init_params: a ValueError naming the site and the
+    expected shape (the check sits in ppl.adapter, shared by InvolutiveMCMC and OrbitalMCMC)."""
+    import ppl
+
+    def mcmc(**kw):
+        kernel = (
+            ppl.InvolutiveMCMC(_two_sites)
+            if kernel_cls == "involutive"
+            else (ppl.OrbitalMCMC(_two_sites))
+        )
+        return MCMC(kernel, num_warmup=2, num_samples=2, progress_bar=False, **kw)
+
+    vec = {"num_chains": 2, "chain_method": "vectorized"}
+    cases = [
+        (
+            {},
+            {"w": jnp.zeros(2), "s": 0.0},
+            r"init_params\['w'\] has shape \(2,\); expected \(3,\)",
+        ),
+        ({}, {"w": jnp.zeros(3)}, r"missing \['s'\].*'w': \(3,\), 's': \(\)"),
+        ({}, {"w": jnp.zeros(3), "s": 0.0, "t": 1.0}, r"not latent sites of the model \['t'\]"),
+        (vec, {"w": jnp.zeros(3), "s": jnp.zeros(2)}, r"expected \(2, 3\).*leading axis of 2"),
+        ({}, [0.0, 0.0], "must be a dict"),
+    ]
+    for kw, params, match in cases:
+        with pytest.raises(ValueError, match=match):
+            mcmc(**kw).run(jax.random.key(0), init_params=params)
+    # the check itself accepts the right shapes (with the chain axis for vectorized chains)
+    from ppl.adapter import _check_init_params
+
+    want = {"w": jnp.zeros((2, 3)), "s": jnp.zeros(2)}
+    _check_init_params({"w": np.ones((2, 3)), "s": np.zeros(2)}, want, vectorized=True)
