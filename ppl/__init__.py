@@ -17,6 +17,8 @@ _EXPORTS = {
     "bdmc": "ppl.bdmc",
     "BDMCResult": "ppl.bdmc",
     "ImplicitMH": "ppl.implicit_mh",
+    "mutual_information": "ppl.information",
+    "MIResult": "ppl.information",
 }
 
 

@@ -12,6 +12,15 @@ ESS-adaptive: the next ``beta`` solves ``CESS(beta) = target`` by bisection (a f
 number of iterations, jit-friendly). An adaptive schedule depends on the particles, which breaks
 the unbiasedness of ``\hat Z`` and hence both bounds: run a pilot, freeze its betas with
 :func:`freeze`, and use the frozen array for the lower- and upper-bound runs.
+
+Schedules from a pilot's moments ``eta(beta) = E_{pi_beta}[log L]`` and variances
+``Var_{pi_beta}[log L] = eta'(beta)`` on a grid (geometric path; e.g.
+:func:`kernels.smc.thermodynamic.tempered_moments`): :func:`moment_spaced` (equal steps in
+``eta``; Brekelmans et al. 2020, "All in the Exponential Family") and
+:func:`length_spaced` (equal steps in the thermodynamic length ``int sqrt(eta') d beta``, the
+constant-speed schedule that minimizes ``sum_t Δβ_t Δη_t``; Crooks 2007, "Measuring
+thermodynamic length").
+Both are host-side (numpy), frozen by construction.
 """
 
 from collections.abc import Callable
@@ -23,7 +32,16 @@ import numpy as np
 from kernels.smc import resampling as rs
 from kernels.types import Array
 
-__all__ = ["geometric", "q_path", "linear", "sigmoid", "next_beta_bisection", "freeze"]
+__all__ = [
+    "geometric",
+    "q_path",
+    "linear",
+    "sigmoid",
+    "next_beta_bisection",
+    "freeze",
+    "moment_spaced",
+    "length_spaced",
+]
 
 
 def geometric(log_base: Array, log_target: Array, beta: Array) -> Array:
@@ -140,10 +158,82 @@ def freeze(betas: Array, num_steps: Array | int | None = None) -> np.ndarray:
         ``[K + 1]`` numpy array, to pass as ``betas`` to :func:`kernels.smc.tempering.run`
         for both the lower- and the upper-bound runs.
     """
-    b = np.asarray(betas, np.float64)
+    b = np.array(betas, np.float64)  # a copy: np.asarray of a float64 jax array is read-only
     if num_steps is not None:
         b = b[: int(num_steps) + 1]
     if b[0] != 0.0 or abs(b[-1] - 1.0) > 1e-6 or np.any(np.diff(b) <= 0):
         raise ValueError("a frozen schedule must increase strictly from 0 to 1")
     b[-1] = 1.0
     return b
+
+
+def _invert_monotone(betas, values, num_steps: int, floor: float) -> np.ndarray:
+    """Betas where the nondecreasing ``values(beta)`` crosses ``num_steps`` equal steps, mixed
+    with a linear schedule of weight ``floor`` so that they increase strictly."""
+    b = np.asarray(betas, np.float64)
+    v = np.maximum.accumulate(np.asarray(values, np.float64))
+    if b.ndim != 1 or b.shape != v.shape or b.size < 2 or b[0] != 0 or b[-1] != 1:
+        raise ValueError(
+            "need a grid of betas from 0 to 1 and one value per beta, got shapes "
+            f"{b.shape} and {v.shape}"
+        )
+    if not np.all(np.isfinite(v)):
+        raise ValueError("the pilot's moments or variances must be finite on the grid")
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be at least 1, got {num_steps}")
+    span = v[-1] - v[0]
+    if span <= 0:
+        return linear(num_steps)
+    # strictly increasing abscissa for interp (flat stretches get a negligible slope)
+    v = v + 1e-12 * span * np.arange(v.size)
+    targets = v[0] + (v[-1] - v[0]) * np.arange(num_steps + 1) / num_steps
+    out = (1 - floor) * np.interp(targets, v, b) + floor * linear(num_steps)
+    out[0], out[-1] = 0.0, 1.0
+    return out
+
+
+def moment_spaced(betas: Array, moments: Array, num_steps: int, floor: float = 1e-3) -> np.ndarray:
+    """Schedule with equally spaced moments ``eta(beta_t) = E_{pi_beta_t}[log L]``.
+
+    ``eta`` is nondecreasing on the geometric path (``eta' = Var[log L]``); with a pilot's
+    estimates on a fine grid (made monotone by a running maximum), ``beta_t`` solves
+    ``eta(beta_t) = eta(0) + (t / K) (eta(1) - eta(0))`` by linear interpolation.
+
+    Args:
+        betas: ``[M]`` pilot grid from 0 to 1.
+        moments: ``[M]`` ``eta`` on the grid.
+        num_steps: ``K``.
+        floor: weight of a linear schedule mixed in so that the betas increase strictly.
+
+    Returns:
+        ``[K + 1]`` numpy betas, exactly 0 and 1 at the ends.
+    """
+    return _invert_monotone(betas, moments, num_steps, floor)
+
+
+def length_spaced(
+    betas: Array, variances: Array, num_steps: int, floor: float = 1e-3
+) -> np.ndarray:
+    """Constant-speed schedule: equal steps of the thermodynamic length
+    ``Lambda(beta) = int_0^beta sqrt(Var_{pi_b}[log L]) db`` (trapezoid rule on the grid).
+
+    Each step then has the same ``Δβ_t^2 Var``, so the symmetrized KL between neighbouring
+    ``pi_beta`` is about ``Lambda(1)^2 / K^2`` per step, and ``sum_t Δβ_t Δη_t ≈ Lambda(1)^2 /
+    K``, the least possible by Cauchy-Schwarz (``<= (eta(1) - eta(0)) / K``, the value for
+    linear and moment-spaced schedules).
+
+    Args:
+        betas: ``[M]`` pilot grid from 0 to 1.
+        variances: ``[M]`` ``Var_{pi_beta}[log L]`` on the grid.
+        num_steps: ``K``.
+        floor: weight of a linear schedule mixed in so that the betas increase strictly.
+
+    Returns:
+        ``[K + 1]`` numpy betas.
+    """
+    b = np.asarray(betas, np.float64)
+    s = np.sqrt(np.maximum(np.asarray(variances, np.float64), 0.0))
+    if b.shape != s.shape:
+        raise ValueError(f"betas {b.shape} and variances {s.shape} must have the same shape")
+    length = np.concatenate([[0.0], np.cumsum(np.diff(b) * (s[1:] + s[:-1]) / 2)])
+    return _invert_monotone(b, length, num_steps, floor)
