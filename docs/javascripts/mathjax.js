@@ -1,0 +1,26 @@
+// MathJax 3 configuration for pymdownx.arithmatex (generic mode); the script itself is the local
+// copy under assets/mathjax/ (docs/_hooks/mathjax.py), so the site renders offline.
+window.MathJax = {
+  tex: {
+    inlineMath: [["\\(", "\\)"]],
+    displayMath: [["\\[", "\\]"]],
+    processEscapes: true,
+    processEnvironments: true,
+  },
+  options: {
+    ignoreHtmlClass: ".*|",
+    processHtmlClass: "arithmatex",
+  },
+};
+
+// mkdocs-material's instant navigation swaps the page without reloading the scripts
+if (typeof document$ !== "undefined") {
+  document$.subscribe(() => {
+    if (window.MathJax && MathJax.typesetPromise) {
+      MathJax.startup.output.clearCache();
+      MathJax.typesetClear();
+      MathJax.texReset();
+      MathJax.typesetPromise();
+    }
+  });
+}
