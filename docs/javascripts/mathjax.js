@@ -13,9 +13,16 @@ window.MathJax = {
   },
 };
 
-// mkdocs-material's instant navigation swaps the page without reloading the scripts
+// mkdocs-material's instant navigation swaps the page without reloading the scripts: typeset
+// each new page. Skip the first emission (the initial page, which MathJax typesets at startup):
+// clearing the output cache there would drop the CSS of the glyphs already drawn (blank math).
 if (typeof document$ !== "undefined") {
+  let initial = true;
   document$.subscribe(() => {
+    if (initial) {
+      initial = false;
+      return;
+    }
     if (window.MathJax && MathJax.typesetPromise) {
       MathJax.startup.output.clearCache();
       MathJax.typesetClear();
