@@ -119,7 +119,7 @@ def main(argv=None):
             num_mcmc_steps=num_mcmc_steps,
             kernel_params=params,
             target_ess=0.5,
-            resample_threshold=1.0,
+            ess_threshold=1.0,
             adapt_step_size=adapt,
             adapt_mass_matrix=adapt,
         )

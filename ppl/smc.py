@@ -41,6 +41,7 @@ from numpyro import handlers
 from numpyro.infer.util import constrain_fn, potential_energy, unconstrain_fn
 
 from kernels.types import Array, ArrayTree, PRNGKey
+from ppl._deprecation import renamed
 
 __all__ = [
     "TemperedSMC",
@@ -309,7 +310,8 @@ class TemperedSMC:
         target_ess: adaptive schedule: next beta solves ``CESS = target_ess`` by bisection,
             with the conditional ESS ``(sum_i W_i w_i)^2 / sum_i W_i w_i^2`` of the
             incremental weights ``w_i`` (Zhou, Johansen and Aston, 2016).
-        resample_threshold: resample when ``ESS < resample_threshold * N`` (1 = every step).
+        ess_threshold: resample when ``ESS < ess_threshold * N`` (1 = every step, 0 = never).
+        resample_threshold: deprecated name of ``ess_threshold``.
         adapt_step_size: scale the step size after each temperature towards
             ``target_acceptance`` (ignored with a `FrozenSchedule`).
         adapt_mass_matrix: set the diagonal inverse mass matrix to the particle variance at
@@ -322,6 +324,11 @@ class TemperedSMC:
             :mod:`kernels.smc.sharding`), so a seed gives the same result as unsharded.
     """
 
+    @property
+    def resample_threshold(self) -> float:
+        """Deprecated name of ``ess_threshold``."""
+        return self.ess_threshold
+
     def __init__(
         self,
         model: Callable,
@@ -332,7 +339,8 @@ class TemperedSMC:
         kernel_params: dict | None = None,
         schedule: Any = None,
         target_ess: float = 0.5,
-        resample_threshold: float = 0.5,
+        ess_threshold: float | None = None,
+        resample_threshold: float | None = None,
         adapt_step_size: bool = True,
         target_acceptance: float = 0.7,
         adapt_mass_matrix: bool = True,
@@ -357,7 +365,16 @@ class TemperedSMC:
         self.kernel_params = dict(kernel_params or {})
         self.schedule = self._check_schedule(schedule)
         self.target_ess = float(target_ess)
-        self.resample_threshold = float(resample_threshold)
+        self.ess_threshold = float(
+            renamed(
+                "ess_threshold",
+                ess_threshold,
+                "resample_threshold",
+                resample_threshold,
+                0.5,
+                "TemperedSMC",
+            )
+        )
         self.adapt_step_size = bool(adapt_step_size)
         self.target_acceptance = float(target_acceptance)
         self.adapt_mass_matrix = bool(adapt_mass_matrix)
@@ -439,7 +456,7 @@ class TemperedSMC:
         if imm is None:  # weighted variance under pi_k, before resampling
             imm = self._imm(self._replicate(c.u), log_w)
         conditional = reference is not None
-        threshold = jnp.where(last, 1.0, self.resample_threshold)
+        threshold = jnp.where(last, 1.0, self.ess_threshold)
         u, log_w, _, do_resample = sequential.resample(
             k_res, c.u, log_w, threshold, _scheme(conditional), self._mesh
         )
@@ -532,7 +549,7 @@ class TemperedSMC:
             num_steps=K,
             num_particles=n,
             resampling=resampling.systematic,
-            ess_threshold=self.resample_threshold,
+            ess_threshold=self.ess_threshold,
             reference=path,
             conditional_resampling=resampling.conditional_multinomial if path else None,
             mesh=self._mesh,

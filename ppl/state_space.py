@@ -40,6 +40,7 @@ import numpy as np
 from numpyro import handlers
 
 from kernels.types import Array, ArrayTree, PRNGKey
+from ppl._deprecation import renamed
 
 __all__ = ["ParticleFilter", "ParticleFilterResult"]
 
@@ -123,7 +124,8 @@ class ParticleFilter:
             latent sites; replaces the transition prior as the proposal.
         twist: optional ``twist(carry, t) -> log psi_t`` (scalar per particle) for
             ``t = 0..T-1``; ``psi_T = 1``.
-        resample_threshold: resample when ``ESS < resample_threshold * N`` (1 = every step).
+        ess_threshold: resample when ``ESS < ess_threshold * N`` (1 = every step, 0 = never).
+        resample_threshold: deprecated name of ``ess_threshold``.
         resampling: ``"systematic"``, ``"stratified"``, ``"multinomial"`` or ``"residual"``
             (``kernels.smc.resampling``; its conditional variant in conditional runs).
         shard: ``True`` splits the particles across all local devices (``jax.sharding``,
@@ -133,6 +135,11 @@ class ParticleFilter:
             :mod:`kernels.smc.sharding`), so a seed gives the same result as unsharded.
     """
 
+    @property
+    def resample_threshold(self) -> float:
+        """Deprecated name of ``ess_threshold``."""
+        return self.ess_threshold
+
     def __init__(
         self,
         transition: Callable,
@@ -141,7 +148,8 @@ class ParticleFilter:
         num_particles: int = 1000,
         proposal: Callable | None = None,
         twist: Callable | None = None,
-        resample_threshold: float = 0.5,
+        ess_threshold: float | None = None,
+        resample_threshold: float | None = None,
         resampling: str = "systematic",
         shard: Any = False,
     ):
@@ -159,7 +167,16 @@ class ParticleFilter:
         self.num_particles = int(num_particles)
         self.proposal = proposal
         self.twist = twist
-        self.resample_threshold = float(resample_threshold)
+        self.ess_threshold = float(
+            renamed(
+                "ess_threshold",
+                ess_threshold,
+                "resample_threshold",
+                resample_threshold,
+                0.5,
+                "ParticleFilter",
+            )
+        )
         self.resampling = resampling
         from kernels.smc import sharding
 
@@ -247,7 +264,7 @@ class ParticleFilter:
             num_particles=n,
             init_log_weight_fn=lambda x: x.log_w + x.log_twist,
             resampling=scheme,
-            ess_threshold=self.resample_threshold,
+            ess_threshold=self.ess_threshold,
             reference=path,
             conditional_resampling=resampling.conditional(scheme) if conditional else None,
             mesh=self._mesh,
