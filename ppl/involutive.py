@@ -18,6 +18,11 @@ Built-in involutions and the parameter the step size drives:
 For ``"hmc"`` the trajectory length $T$ is fixed as in ``numpyro.infer.HMC``: with the adapted
 step size $\epsilon$, $L = \lceil T/\epsilon \rceil$ leapfrog steps of size $T/L$ (at most
 ``max_num_steps`` steps); or a fixed ``num_steps`` with step size $\epsilon$. The default
+$T = \pi/2$ is a quarter period of the Hamiltonian flow of a standard Gaussian, the target as the
+adapted mass matrix sees it: there one transition gives an independent draw, where NumPyro's
+$2\pi$ is a full period and returns near the start (on a logistic regression with 5
+coefficients, 2 chains x 1000 draws, min ESS 1406 against 206 with a dense mass matrix, 1108
+against 36 with a diagonal one). The default
 targets are the asymptotically optimal acceptance rates of RWM (0.234, Roberts, Gelman and
 Gilks 1997) and MALA (0.574, Roberts and Rosenthal 1998), and NumPyro's 0.8 for HMC.
 """
@@ -37,6 +42,9 @@ __all__ = ["InvolutiveMCMC", "BUILTIN_INVOLUTIONS"]
 
 BUILTIN_INVOLUTIONS = ("hmc", "mala", "irreversible_mala", "rwm")
 """Names accepted by ``InvolutiveMCMC(involution=...)``."""
+
+DEFAULT_TRAJECTORY_LENGTH = math.pi / 2
+"""Default integration time of ``involution="hmc"``: a quarter period of a standard Gaussian."""
 
 _DEFAULT_TARGET = {"hmc": 0.8, "mala": 0.574, "irreversible_mala": 0.574, "rwm": 0.234}
 
@@ -64,8 +72,8 @@ class InvolutiveMCMC(BlackJAXKernel):
             for RWM).
         num_steps: ``"hmc"`` only: fixed number of leapfrog steps (excludes
             ``trajectory_length``).
-        trajectory_length: ``"hmc"`` only: fixed integration time $T$ (default $2\\pi$, as
-            ``numpyro.infer.HMC``).
+        trajectory_length: ``"hmc"`` only: fixed integration time $T$ (default $\\pi/2$, a
+            quarter period of a standard Gaussian; ``numpyro.infer.HMC`` uses $2\\pi$).
         max_num_steps: ``"hmc"`` with ``trajectory_length`` only: at most this many leapfrog
             steps per transition; when $\\lceil T/\\epsilon \\rceil$ exceeds it (tiny step sizes
             early in warmup), ``max_num_steps`` steps of size $\\epsilon$ are taken (a
@@ -133,7 +141,7 @@ class InvolutiveMCMC(BlackJAXKernel):
         if name == "irreversible_mala" and not 0.0 <= float(alpha) < 1.0:
             raise ValueError(f"alpha must lie in [0, 1), got {alpha!r}.")
         if name == "hmc" and num_steps is None and trajectory_length is None:
-            trajectory_length = 2 * math.pi
+            trajectory_length = DEFAULT_TRAJECTORY_LENGTH
         if target_accept_prob is None:
             target_accept_prob = _DEFAULT_TARGET.get(name, 0.8)
         self._involution = involution

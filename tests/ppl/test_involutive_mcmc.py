@@ -254,3 +254,59 @@ def test_init_params_errors_name_the_site(kernel_cls):
 
     want = {"w": jnp.zeros((2, 3)), "s": jnp.zeros(2)}
     _check_init_params({"w": np.ones((2, 3)), "s": np.zeros(2)}, want, vectorized=True)
+
+
+# ----------------------------------------------- default HMC trajectory length
+_RNG = np.random.default_rng(0)
+_XL = _RNG.normal(size=(200, 4))
+_XL[:, 1] += 0.9 * _XL[:, 0]
+_XL[:, 3] = 5 * _XL[:, 3] + 3  # an unscaled predictor
+_YL = (_RNG.uniform(size=200) < 1 / (1 + np.exp(-(_XL @ [1.0, -0.5, 0.3, 0.1] - 0.5)))).astype(
+    float
+)
+
+
+def logistic(X, y):
+    b = numpyro.sample("b", dist.Normal(0, 3).expand([4]))
+    a = numpyro.sample("a", dist.Normal(0, 3))
+    numpyro.sample("y", dist.Bernoulli(logits=X @ b + a), obs=y)
+
+
+def _min_ess(trajectory_length, dense_mass):
+    kw = {} if trajectory_length is None else {"trajectory_length": trajectory_length}
+    mcmc = MCMC(
+        InvolutiveMCMC(logistic, dense_mass=dense_mass, **kw),
+        num_warmup=500,
+        num_samples=1000,
+        num_chains=2,
+        chain_method="vectorized",
+        progress_bar=False,
+    )
+    mcmc.run(jax.random.key(0), _XL, _YL)
+    s = mcmc.get_samples(group_by_chain=True)
+    cols = [np.asarray(s["b"][..., j]) for j in range(4)] + [np.asarray(s["a"])]
+    return min(float(effective_sample_size(c)) for c in cols)
+
+
+def test_default_trajectory_length_is_a_quarter_period():
+    from ppl.involutive import DEFAULT_TRAJECTORY_LENGTH
+
+    assert DEFAULT_TRAJECTORY_LENGTH == pytest.approx(math.pi / 2)
+    assert InvolutiveMCMC(logistic)._trajectory_length == DEFAULT_TRAJECTORY_LENGTH
+
+
+@pytest.mark.slow
+def test_default_trajectory_length_mixes_on_logistic_regression():
+    """Default T = pi/2 with a dense mass matrix: min ESS over 5 coefficients > 600 of 2000
+    (seen 983 in float32, 1406 in float64; NumPyro's T = 2 pi gives about 200)."""
+    assert _min_ess(None, dense_mass=True) > 600
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dense_mass", [True, False])
+def test_numpyro_trajectory_length_mixes_worse(dense_mass):
+    """Negative control: T = 2 pi (a full period of the whitened Gaussian) mixes far worse
+    (float64: min ESS 206 dense, 36 diagonal, against 1406 and 1108 with the default)."""
+    default = _min_ess(None, dense_mass)
+    assert default > 600
+    assert _min_ess(2 * math.pi, dense_mass) < default / 2
