@@ -122,9 +122,10 @@ def _ais(num_chains, num_temps):
         return jax.tree.map(np.asarray, b), np.asarray(pmi), np.asarray(lpx)
 
 
+@pytest.mark.slow
 def test_closed_form_pointwise_mi():
     """The model's pointwise MI averages to the closed form (checks the fixture itself)."""
-    pmi = _closed_form_checks()["pmi"]
+    pmi = _closed_form_checks(True)["pmi"]
     assert abs(pmi.mean() - MI) / se(pmi) < 4  # z-score
 
 
@@ -167,36 +168,45 @@ def _prior_q():
 
 
 @functools.cache
-def _closed_form_checks():
-    """Every IWAE / GIWAE / BA / InfoNCE estimate of the tests, in one jitted call (one
-    compilation); the pointwise MI at the joint draws of each (same keys)."""
+def _closed_form_checks(extra=False):
+    """The IWAE / GIWAE / BA / InfoNCE estimates of the tests, in one jitted call per group
+    (one compilation), with the pointwise MI at the joint draws of each (same keys).
+    ``extra=True``: the group of the slow tests."""
     sample_wide, log_wide = posterior(2.0)
     sample_exact, log_exact = posterior(1.0)
     sample_p, log_p = _prior_q()
     critic = lambda z, x: log_prior(z) + log_lik(z, x) - log_wide(z, x)  # noqa: E731
     keys = {n: jax.random.key(i) for i, n in enumerate(["pmi", "exact", "prior", "wide"])}
 
-    def all_estimates():
-        iw = lambda k, sq, lq, n, r: mi.iwae_bounds(  # noqa: E731
-            keys[k], sample_joint, sq, lq, log_prior, log_lik, n, r
-        )
-        zs, xs = jax.vmap(sample_joint)(jax.random.split(jax.random.key(9), 256 * 16))
-        zs, xs = zs.reshape(256, 16, DZ), xs.reshape(256, 16, DX)
-        scores = jax.vmap(jax.vmap(jax.vmap(log_lik, (0, None)), (None, 0)))(zs, xs)
-        giwae = lambda n: mi.giwae_lower_bound(  # noqa: E731
+    def iw(k, sq, lq, n, r):
+        return mi.iwae_bounds(keys[k], sample_joint, sq, lq, log_prior, log_lik, n, r)
+
+    def giwae(n):
+        return mi.giwae_lower_bound(
             keys["wide"], sample_joint, sample_wide, log_wide, log_prior, critic, n, 512
         )
+
+    def fast():
         return dict(
-            pmi=_exact(keys["pmi"], 4096)[0],
             exact=iw("exact", sample_exact, log_exact, 4, 64),
             exact_pmi=_exact(keys["exact"], 64, 3)[0],
             prior=iw("prior", sample_p, log_p, 16, 512),
             prior_pmi=_exact(keys["prior"], 512, 3)[0],
-            w1=iw("wide", sample_wide, log_wide, 1, 512),
             w16=iw("wide", sample_wide, log_wide, 16, 512),
             wide_pmi=_exact(keys["wide"], 512, 3)[0],
             giwae16=giwae(16),
             giwae1=giwae(1),
+        )
+
+    def slow():
+        zs, xs = jax.vmap(sample_joint)(jax.random.split(jax.random.key(9), 256 * 16))
+        zs, xs = zs.reshape(256, 16, DZ), xs.reshape(256, 16, DX)
+        scores = jax.vmap(jax.vmap(jax.vmap(log_lik, (0, None)), (None, 0)))(zs, xs)
+        return dict(
+            pmi=_exact(keys["pmi"], 4096)[0],
+            w1=iw("wide", sample_wide, log_wide, 1, 512),
+            w16=iw("wide", sample_wide, log_wide, 16, 512),
+            wide_pmi=_exact(keys["wide"], 512, 3)[0],
             ba_exact=mi.barber_agakov_lower_bound(
                 keys["pmi"], sample_joint, log_exact, log_prior, 4096
             ),
@@ -204,7 +214,7 @@ def _closed_form_checks():
         )
 
     with jax.enable_x64(True):
-        return jax.tree.map(np.asarray, jax.jit(all_estimates)())
+        return jax.tree.map(np.asarray, jax.jit(slow if extra else fast)())
 
 
 def test_iwae_exact_posterior_is_exact():
@@ -225,10 +235,11 @@ def test_iwae_prior_proposal_saturates_at_log_k():
     assert d.mean() > -4 * se(d)  # z-score
 
 
+@pytest.mark.slow
 def test_iwae_bounds_bracket_and_tighten_with_k():
     """q with twice the posterior covariance: bounds bracket the pointwise MI (|z| < 4 per
     side) and the gap shrinks from K = 1 to K = 16 (same joint draws: paired)."""
-    c = _closed_form_checks()
+    c = _closed_form_checks(True)
     for name in ("w1", "w16"):
         lo, up = c[name].lower - c["wide_pmi"], c[name].upper - c["wide_pmi"]
         assert lo.mean() < 4 * se(lo) and up.mean() > -4 * se(up)  # z-score
@@ -241,8 +252,8 @@ def test_iwae_bounds_bracket_and_tighten_with_k():
 
 def test_giwae_reductions():
     """GIWAE = IWAE lower bound for T = log p(x, z) / q (same keys); with K = 1 it is
-    Barber-Agakov, short of the pointwise MI by the closed-form KL(p(z|x) || q); BA with the
-    exact posterior is the MI; InfoNCE with the optimal critic saturates below log K."""
+    Barber-Agakov, short of the pointwise MI by the closed-form KL(p(z|x) || q); K = 16
+    improves on it and stays below I."""
     c = _closed_form_checks()
     np.testing.assert_allclose(c["giwae16"], c["w16"].lower, rtol=1e-10, atol=1e-10)
     d1, d16 = c["giwae1"] - c["wide_pmi"], c["giwae16"] - c["wide_pmi"]
@@ -250,7 +261,14 @@ def test_giwae_reductions():
     assert d16.mean() < 4 * se(d16)  # z-score: GIWAE <= I
     diff = c["giwae16"] - c["giwae1"]  # K = 16 improves on BA (paired, same joint draws)
     assert diff.mean() > 4 * se(diff)  # z-score
+
+
+@pytest.mark.slow
+def test_barber_agakov_exact_and_infonce_saturates():
+    """BA with the exact posterior is the MI; InfoNCE with the optimal critic
+    T(x_i, z_j) = log p(x_i | z_j), 256 batches of K = 16, stays below log K < I."""
+    c = _closed_form_checks(True)
     assert abs(c["ba_exact"].mean() - MI) / se(c["ba_exact"]) < 4  # z-score
-    nce = c["nce"]  # 256 batches of K = 16 joint pairs, T(x_i, z_j) = log p(x_i | z_j)
+    nce = c["nce"]
     assert np.all(nce <= np.log(16) + 1e-9)
     assert nce.mean() < MI - 1.0 and nce.mean() > np.log(16) - 1.0
