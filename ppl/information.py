@@ -132,7 +132,7 @@ def mutual_information(
     num_mcmc_steps: int = 2,
     kernel_params: dict | None = None,
     schedule: Any = None,
-    resample_threshold: float = 0.0,
+    ess_threshold: float = 0.0,
     target_ess: float = 0.95,
     pilot_particles: int = 256,
     **kwargs: Any,
@@ -155,7 +155,7 @@ def mutual_information(
         schedule: ``None`` (ESS-adaptive pilot on an extra joint draw, then frozen), an array
             of betas (``[0, 1]``: IWAE; step sizes and mass matrices frozen from a pilot on
             it), or a `ppl.smc.FrozenSchedule`.
-        resample_threshold: 0 (default): independent AIS chains, the paper's multi-sample AIS;
+        ess_threshold: 0 (default): independent AIS chains, the paper's multi-sample AIS;
             ``> 0``: SMC and conditional SMC resampling when the ESS falls below it.
         target_ess: the pilot's ESS-adaptive schedule: conditional ESS of each step (higher:
             more temperatures; the gap falls roughly as ``1 - target_ess``).
@@ -209,7 +209,7 @@ def mutual_information(
         num_mcmc_steps=num_mcmc_steps,
         kernel_params=kernel_params,
         schedule=frozen,
-        resample_threshold=resample_threshold,
+        ess_threshold=ess_threshold,
     )
 
     def log_z(k, d, ref):
