@@ -27,8 +27,11 @@ from kernels.flows.continuous_gibbs import (
 )
 from kernels.flows.discrete_gibbs import (
     DGibbsInfo,
+    DGibbsMoveInfo,
+    DGibbsMoveState,
     DGibbsState,
     current_log_conditionals,
+    deterministic_gibbs_move,
     discrete_deterministic_gibbs,
     ising_log_joint,
 )
@@ -49,6 +52,8 @@ __all__ = [
     "CGibbsState",
     "Conditionals",
     "DGibbsInfo",
+    "DGibbsMoveInfo",
+    "DGibbsMoveState",
     "DGibbsState",
     "FlowState",
     "HamiltonianFlow",
@@ -56,6 +61,7 @@ __all__ = [
     "conditional_rotation",
     "continuous_deterministic_gibbs",
     "current_log_conditionals",
+    "deterministic_gibbs_move",
     "discrete_deterministic_gibbs",
     "divergence",
     "divergence_free_flow",

@@ -36,6 +36,11 @@ __all__ = [
     "discrete_deterministic_gibbs",
     "current_log_conditionals",
     "ising_log_joint",
+    "DGibbsMoveState",
+    "DGibbsMoveInfo",
+    "deterministic_gibbs_move",
+    "build_move_kernel",
+    "move_init",
 ]
 
 
@@ -196,3 +201,110 @@ def ising_log_joint(shape: tuple[int, int], beta: float, field: float = 0.0) -> 
         return beta * inter + field * jnp.sum(s)
 
     return log_joint
+
+
+class DGibbsMoveState(NamedTuple):
+    """State of the deterministic-Gibbs MCMC move: the integer state and its log density."""
+
+    position: Array
+    logdensity: Array
+
+
+class DGibbsMoveInfo(NamedTuple):
+    """Info of one move: ``acceptance_rate`` is 1 (no rejection), ``num_events`` crossed."""
+
+    acceptance_rate: Array
+    is_accepted: Array
+    num_events: Array
+    num_density_evals: Array
+
+
+def move_init(position, logdensity_fn: Callable[[Array], Array]) -> DGibbsMoveState:
+    """BlackJAX ``init``: the integer state ``position`` (shape (d,)) and its log density."""
+    position = jnp.asarray(position, jnp.int32)
+    return DGibbsMoveState(position, jnp.asarray(logdensity_fn(position), jnp.result_type(float)))
+
+
+def build_move_kernel(supports=None, time: float = 1.0) -> Callable:
+    """Discrete deterministic Gibbs as an MCMC move (BlackJAX ``build_kernel`` contract).
+
+    One transition redraws the cell positions $u \\sim U[0,1)^d$ and speeds $c_i \\sim U(0.5,
+    1.5)$ and runs the flow for a fixed ``time``; the state occupied then is the new state. The
+    flow preserves $p(x)\\,du$ for every $c$ and the redraw preserves it too, so the move leaves
+    $p$ invariant with nothing to reject (the event times of the flow are not needed).
+
+    Args:
+        supports: the sizes $K_i$ (static; or pass them to the kernel).
+        time: the flow time per transition (default 1; or pass it to the kernel).
+
+    Returns:
+        ``kernel(rng_key, state, logdensity_fn, supports=None, time=None) -> (state, info)``.
+    """
+    default_supports, default_time = supports, time
+
+    def kernel(rng_key, state: DGibbsMoveState, logdensity_fn, supports=None, time=None):
+        supports = default_supports if supports is None else supports
+        if supports is None:
+            raise ValueError("supports is required (as a kernel argument or in build_kernel).")
+        supports = tuple(int(k) for k in np.asarray(supports).reshape(-1))
+        time = default_time if time is None else time
+        init, step = discrete_deterministic_gibbs(logdensity_fn, supports)
+        inner = init(rng_key, state.position)
+        dtype = inner.cell.dtype
+
+        def cond(c):
+            return c[0] >= c[3]  # the event in progress ends before the remaining time
+
+        def body(c):
+            need, inner, _, remaining, events, evals = c
+            inner, info = step(inner)
+            return (
+                need - remaining,
+                inner,
+                info.position,
+                info.weight,
+                events + 1,
+                evals + (info.num_density_evals),
+            )
+
+        zero_i = jnp.zeros((), jnp.int32)
+        c0 = (jnp.asarray(time, dtype), inner, inner.position, jnp.zeros((), dtype), zero_i, zero_i)
+        _, _, x, _, events, evals = jax.lax.while_loop(cond, body, c0)
+        one = jnp.ones((), dtype)
+        new = DGibbsMoveState(x, jnp.asarray(logdensity_fn(x), dtype))
+        return new, DGibbsMoveInfo(one, jnp.array(True), events, evals)
+
+    return kernel
+
+
+def _move_top_level(logdensity_fn: Callable[[Array], Array], supports, time: float = 1.0):
+    """BlackJAX top-level API of :func:`build_move_kernel`: a ``SamplingAlgorithm`` with
+    ``.init(position)`` and ``.step(rng_key, state)``.
+
+    Args:
+        logdensity_fn: $\\log p(x)$ up to a constant, for an int vector ``x`` of shape (d,).
+        supports: the sizes $K_i$.
+        time: the flow time per transition.
+    """
+    from blackjax.base import SamplingAlgorithm
+
+    kernel = build_move_kernel(supports, time)
+
+    def init_fn(position, rng_key=None):
+        return move_init(position, logdensity_fn)
+
+    def step_fn(rng_key, state):
+        return kernel(rng_key, state, logdensity_fn)
+
+    return SamplingAlgorithm(init_fn, step_fn)
+
+
+def _move_api():
+    from blackjax import GenerateSamplingAPI
+
+    api = GenerateSamplingAPI(_move_top_level, move_init, build_move_kernel)
+    api.__doc__ = _move_top_level.__doc__
+    return api
+
+
+deterministic_gibbs_move = _move_api()
