@@ -100,7 +100,7 @@ def _exact(key, num_runs, split=4, index=0):
 
 
 @functools.cache
-def _ais(num_chains, num_temps):
+def _ais(num_chains, num_temps, ess_threshold=0.0):
     with jax.enable_x64(True):
         betas = annealing.sigmoid(num_temps, 6.0)
         key = jax.random.key(10 * num_chains + num_temps)
@@ -116,6 +116,7 @@ def _ais(num_chains, num_temps):
                 num_chains,
                 R,
                 kernel_params=PARAMS,
+                ess_threshold=ess_threshold,
             )
         )(key)
         pmi, lpx = jax.jit(lambda k: _exact(k, R))(key)
@@ -161,6 +162,19 @@ def test_ais_bounds_tighten_with_chains_and_temperatures():
         b, pmi, _ = _ais(*kt)
         assert b.lower.mean() < MI + 4 * np.hypot(se(b.lower - pmi), se(pmi))  # z-score
         assert b.upper.mean() > MI - 4 * np.hypot(se(b.upper - pmi), se(pmi))  # z-score
+
+
+@pytest.mark.slow
+def test_smc_and_conditional_smc_bounds_bracket():
+    """ess_threshold = 0.5: SMC and conditional SMC (resampling) instead of independent chains,
+    K = 8, T = 8: still brackets log p(x) run by run (z-scores) and the MI. Measured: lower
+    3.94, upper 5.19 (gap 1.25 +- 0.18; independent chains, same K and T: 2.29 +- 0.28)."""
+    b, pmi, lpx = _ais(8, 8, 0.5)
+    d_lo, d_up = b.log_marginal_lower - lpx, b.log_marginal_upper - lpx
+    assert d_lo.mean() < 4 * se(d_lo)  # z-score
+    assert d_up.mean() > -4 * se(d_up)  # z-score
+    assert b.lower.mean() < MI + 4 * np.hypot(se(b.lower - pmi), se(pmi))  # z-score
+    assert b.upper.mean() > MI - 4 * np.hypot(se(b.upper - pmi), se(pmi))  # z-score
 
 
 def _prior_q():
