@@ -264,36 +264,17 @@ class DeterministicGibbs(MCMCKernel):
             )
 
         def one_time(state):
-            # advance the flow by `interval`: X(t + interval) is the state occupied then
-            def cond(c):
-                return c[0] >= c[3]  # need >= remaining: the current event ends first
-
-            def body(c):
-                need, inner, _, remaining, evals = c
-                inner, info = step(inner)
-                return (
-                    need - remaining,
-                    inner,
-                    info.position,
-                    info.weight,
-                    evals + info.num_density_evals,
-                )
-
-            init = (
-                state.interval,
-                state.inner,
-                state.position,
-                state.remaining,
-                jnp.zeros((), jnp.int32),
+            # X(t + interval): the state occupied `interval` later
+            inner, position, remaining, _, evals = flows.discrete_gibbs.advance(
+                step, state.inner, state.position, state.remaining, state.interval
             )
-            need, inner, position, remaining, evals = jax.lax.while_loop(cond, body, init)
             return DGibbsSample(
                 self._to_values(position),
                 state.interval,
                 inner,
                 evals,
                 position,
-                remaining - need,
+                remaining,
                 state.interval,
             )
 

@@ -41,6 +41,7 @@ __all__ = [
     "deterministic_gibbs_move",
     "build_move_kernel",
     "move_init",
+    "advance",
 ]
 
 
@@ -219,6 +220,36 @@ class DGibbsMoveInfo(NamedTuple):
     num_density_evals: Array
 
 
+def advance(step: Callable, inner: DGibbsState, position: Array, remaining: Array, time):
+    """Run the flow for ``time``: the state occupied then.
+
+    Args:
+        step: the ``step`` of :func:`discrete_deterministic_gibbs`.
+        inner: its state (``inner.position`` is the state the next event leaves from).
+        position: the state occupied now.
+        remaining: the time left in the event in progress (0 at the start of one).
+        time: the flow time to advance.
+
+    Returns:
+        ``(inner, position, remaining, num_events, num_density_evals)`` after ``time``.
+    """
+
+    def cond(c):
+        return c[0] >= c[3]  # the event in progress ends before the time left
+
+    def body(c):
+        need, inner, _, remaining, events, evals = c
+        inner, info = step(inner)
+        evals = evals + info.num_density_evals
+        return need - remaining, inner, info.position, info.weight, events + 1, evals
+
+    zero = jnp.zeros((), jnp.int32)
+    dtype = inner.cell.dtype
+    c0 = (jnp.asarray(time, dtype), inner, position, jnp.asarray(remaining, dtype), zero, zero)
+    need, inner, position, remaining, events, evals = jax.lax.while_loop(cond, body, c0)
+    return inner, position, remaining - need, events, evals
+
+
 def move_init(position, logdensity_fn: Callable[[Array], Array]) -> DGibbsMoveState:
     """BlackJAX ``init``: the integer state ``position`` (shape (d,)) and its log density."""
     position = jnp.asarray(position, jnp.int32)
@@ -251,25 +282,8 @@ def build_move_kernel(supports=None, time: float = 1.0) -> Callable:
         init, step = discrete_deterministic_gibbs(logdensity_fn, supports)
         inner = init(rng_key, state.position)
         dtype = inner.cell.dtype
-
-        def cond(c):
-            return c[0] >= c[3]  # the event in progress ends before the remaining time
-
-        def body(c):
-            need, inner, _, remaining, events, evals = c
-            inner, info = step(inner)
-            return (
-                need - remaining,
-                inner,
-                info.position,
-                info.weight,
-                events + 1,
-                evals + (info.num_density_evals),
-            )
-
-        zero_i = jnp.zeros((), jnp.int32)
-        c0 = (jnp.asarray(time, dtype), inner, inner.position, jnp.zeros((), dtype), zero_i, zero_i)
-        _, _, x, _, events, evals = jax.lax.while_loop(cond, body, c0)
+        zero = jnp.zeros((), dtype)
+        _, x, _, events, evals = advance(step, inner, inner.position, zero, time)
         one = jnp.ones((), dtype)
         new = DGibbsMoveState(x, jnp.asarray(logdensity_fn(x), dtype))
         return new, DGibbsMoveInfo(one, jnp.array(True), events, evals)

@@ -54,6 +54,7 @@ def _check(log_z, mean):
     assert np.all(np.abs(z) < 4), (mean.mean(0), true_mean, z)  # z-score
 
 
+@pytest.mark.slow
 def test_top_level_api_and_invariance():
     """The API's pieces agree; from exact draws, 8 moves keep the enumerated law
     (4096 chains, per state |z| < 4.5 over 64 states)."""
