@@ -128,10 +128,13 @@ def mean_se(xs: list[float]) -> tuple[float, float]:
 def fmt(xs: list[float] | None) -> str:
     if not xs:
         return "-"
+    bad = sum(not math.isfinite(x) for x in xs)
     m, se = mean_se(xs)
-    med = statistics.median(xs)
-    core = f"{m:.2f} ± {se:.2f}" if math.isfinite(se) else f"{m:.2f}"
-    return f"{core} (median {med:.2f}, n={len(xs)})"
+    if bad:
+        core = f"{bad}/{len(xs)} runs -inf"
+    else:
+        core = f"{m:.2f} ± {se:.2f}" if math.isfinite(se) else f"{m:.2f}"
+    return f"{core} (median {statistics.median(xs):.2f}, n={len(xs)})"
 
 
 def z_cell(a: list[float] | None, b: list[float] | None) -> str:
@@ -380,62 +383,8 @@ def runs_at(runs, N: int) -> list[tuple[str, float, int]]:
     return [(s, e, r) for s, e, r, only in runs if only is None or N in only]
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="N = 16, T = 8, 2 AWRS runs")
-    p.add_argument("--model", default=None, help="local HF folder (default: the embedded model)")
-    p.add_argument("--genlm-python", default=os.environ.get("GENLM_PYTHON"))
-    p.add_argument("--n", type=lambda s: [int(x) for x in s.split(",")], default=None)
-    p.add_argument("--T", type=int, default=32)
-    p.add_argument("--runs", type=parse_runs, default=None, help="sampler:ess:repeats,...")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--genlm-max-tokens-offset", type=int, default=0)
-    p.add_argument("--out", default=None, help="markdown file (default: results/...)")
-    p.add_argument("--genlm-side", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--make-gpt2", metavar="DIR", default=None)
-    p.add_argument("--corpus", default=None, help="texts for the --make-gpt2 tokenizer")
-    args = p.parse_args(argv)
-    if args.make_gpt2:
-        make_gpt2(args.make_gpt2, args.corpus)
-        return
-    if args.quick:
-        args.n = args.n or [16]
-        args.T = 8
-        args.runs = args.runs or [("awrs", 0.5, 2, None)]
-    args.n = args.n or [16, 64]
-    args.runs = args.runs or parse_runs(DEFAULT_RUNS)
-    args.model = str(args.model or EMBEDDED)
-    if args.genlm_side:
-        print(json.dumps(jsonable(genlm_side(args)), allow_nan=False))
-        return
-
-    flags = f"--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads={args.threads}"
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flags).strip()
-    python = args.genlm_python or DEFAULT_GENLM_PYTHON
-    have_genlm = Path(python).exists() and (
-        subprocess.run([python, "-c", "import genlm.control"], capture_output=True).returncode == 0
-    )
-    if not have_genlm:
-        print(
-            f"genlm-control not found at {python}; set it up with:\n  {SETUP}\n"
-            "(or pass --genlm-python / set GENLM_PYTHON). Reporting our timings only."
-        )
-
-    rows, info, load = [], None, os.getloadavg()[0]
-    for N in args.n:
-        here = runs_at(args.runs, N)
-        mine = {ess: ours(args.model, N, args.T, ess, 5) for ess in sorted({e for _, e, _ in here})}
-        peer = {}
-        if have_genlm and here:
-            info = call_genlm(python, args, args.model, N)
-            peer = {(r["sampler"], r["ess_threshold"]): r for r in info["results"]}
-        for sampler, ess, _ in here:
-            o, g = mine.get(ess), peer.get((sampler, ess))
-            rows.append((N, sampler, ess, o, g))
-            t_o = o and statistics.median(o["times"])
-            t_g = g and statistics.median(g["times"])
-            print(N, sampler, ess, "ours:", t_o, "genlm:", t_g, g and g["log_Z"], flush=True)
-
+def render(args, rows, info, load, have_genlm, python):
+    """Write the markdown table (and the raw JSON beside it)."""
     tag = Path(args.model).name
     out = Path(args.out) if args.out else RESULTS / f"bench_genlm_control_{tag}.md"
     T = args.T
@@ -470,7 +419,24 @@ def main(argv=None):
             f"{z_cell(o and o['log_Z'], g and g['log_Z'])} |"
         )
     lines += ["", NOTE]
-    if not any(o for *_, o, _ in rows):
+    all_z = [x for *_, o, g in rows for r in (o, g) if r for x in r["log_Z"]]
+    if all_z and sum(not math.isfinite(x) for x in all_z) > len(all_z) / 2:
+        lines += [
+            "",
+            "Most runs give log Z = -inf: no particle completed a match within T tokens (a "
+            "random-weight LM almost never draws the closing `[.!?]` among the ~10^4 allowed "
+            "tokens), so this table compares wall time only.",
+        ]
+    if any(o for *_, o, _ in rows):
+        lines += [
+            "",
+            "Ours: `smc(key, Target(lm, prompt, T, lm_inference.potentials.regex(lm, PATTERN), "
+            "forced_eos=True), N, ess_threshold)` as `ours()` wires it (median of 5 runs after "
+            "a compiling call; its row repeats for each sampler at the same threshold). Ours "
+            "allows T sampled tokens before the forced EOS, genlm-control T - 1 (max_tokens "
+            f"{T + args.genlm_max_tokens_offset}); `--genlm-max-tokens-offset 1` aligns them.",
+        ]
+    else:
         lines += [
             "",
             "Ours: not run (`lm_inference.potentials.regex` / `Target(..., forced_eos=True)` "
@@ -482,8 +448,100 @@ def main(argv=None):
     print(text)
     out.write_text(text)
     (out.with_suffix(".json")).write_text(
-        json.dumps(jsonable(dict(args=vars(args), info=info, rows=rows)), default=str, indent=1)
+        json.dumps(
+            jsonable(
+                dict(
+                    args=vars(args),
+                    info=info,
+                    rows=rows,
+                    load=load,
+                    have_genlm=have_genlm,
+                    python=python,
+                )
+            ),
+            default=str,
+            indent=1,
+        )
     )
+
+
+def ours_or_none(*a) -> dict | None:
+    """``ours(*a)``, or ``None`` (with the error on stderr) so that a failure of our side, whose
+    API is in progress, does not lose the peer's measurements."""
+    try:
+        return ours(*a)
+    except Exception as e:
+        print(f"ours{a}: failed: {e!r}", file=sys.stderr)
+        return None
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="N = 16, T = 8, 2 AWRS runs")
+    p.add_argument("--model", default=None, help="local HF folder (default: the embedded model)")
+    p.add_argument("--genlm-python", default=os.environ.get("GENLM_PYTHON"))
+    p.add_argument("--n", type=lambda s: [int(x) for x in s.split(",")], default=None)
+    p.add_argument("--T", type=int, default=32)
+    p.add_argument("--runs", type=parse_runs, default=None, help="sampler:ess:repeats,...")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--genlm-max-tokens-offset", type=int, default=0)
+    p.add_argument("--out", default=None, help="markdown file (default: results/...)")
+    p.add_argument("--genlm-side", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--make-gpt2", metavar="DIR", default=None)
+    p.add_argument("--render", metavar="JSON", default=None, help="re-render a run's markdown")
+    p.add_argument("--corpus", default=None, help="texts for the --make-gpt2 tokenizer")
+    args = p.parse_args(argv)
+    if args.render:  # re-render a previous run's markdown from its JSON
+        d = unjson(json.loads(Path(args.render).read_text()))
+        a = argparse.Namespace(**{**d["args"], "out": args.out or d["args"]["out"]})
+        rows = [tuple(r) for r in d["rows"]]
+        render(a, rows, d["info"], d["load"], d["have_genlm"], d["python"])
+        return
+    if args.make_gpt2:
+        make_gpt2(args.make_gpt2, args.corpus)
+        return
+    if args.quick:
+        args.n = args.n or [16]
+        args.T = 8
+        args.runs = args.runs or [("awrs", 0.5, 2, None)]
+    args.n = args.n or [16, 64]
+    args.runs = args.runs or parse_runs(DEFAULT_RUNS)
+    args.model = str(args.model or EMBEDDED)
+    if args.genlm_side:
+        print(json.dumps(jsonable(genlm_side(args)), allow_nan=False))
+        return
+
+    flags = f"--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads={args.threads}"
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flags).strip()
+    python = args.genlm_python or DEFAULT_GENLM_PYTHON
+    have_genlm = Path(python).exists() and (
+        subprocess.run([python, "-c", "import genlm.control"], capture_output=True).returncode == 0
+    )
+    if not have_genlm:
+        print(
+            f"genlm-control not found at {python}; set it up with:\n  {SETUP}\n"
+            "(or pass --genlm-python / set GENLM_PYTHON). Reporting our timings only."
+        )
+
+    rows, info, load = [], None, os.getloadavg()[0]
+    for N in args.n:
+        here = runs_at(args.runs, N)
+        mine = {
+            ess: ours_or_none(args.model, N, args.T, ess, 5)
+            for ess in sorted({e for _, e, _ in here})
+        }
+        peer = {}
+        if have_genlm and here:
+            info = call_genlm(python, args, args.model, N)
+            peer = {(r["sampler"], r["ess_threshold"]): r for r in info["results"]}
+        for sampler, ess, _ in here:
+            o, g = mine.get(ess), peer.get((sampler, ess))
+            rows.append((N, sampler, ess, o, g))
+            t_o = o and statistics.median(o["times"])
+            t_g = g and statistics.median(g["times"])
+            print(N, sampler, ess, "ours:", t_o, "genlm:", t_g, g and g["log_Z"], flush=True)
+
+    render(args, rows, info, load, have_genlm, python)
 
 
 if __name__ == "__main__":
