@@ -62,6 +62,7 @@ from blackjax import GenerateSamplingAPI
 from blackjax.base import SamplingAlgorithm
 from blackjax.mcmc import integrators, metrics
 
+from kernels._deprecation import renamed
 from kernels.involutive._api import check_mass_matrix, check_position
 from kernels.types import Array, ArrayLikeTree, ArrayTree, LogDensityFn, PRNGKey
 
@@ -450,17 +451,21 @@ def _check_rotation(rotation):
 
 def build_kernel(
     index_shift: int | None = None,
-    momentum_persistence: float = 0.0,
+    alpha: float | None = None,
     period: int | None = None,
     rotation: float | None = None,
+    *,
+    momentum_persistence: float | None = None,
 ) -> Callable[..., tuple[OrbitalState, OrbitalInfo]]:
     """Build the orbital HMC transition (BlackJAX ``build_kernel`` contract).
 
     Args:
         index_shift: $c$ in the deterministic index shift $k \\leftarrow (j^* - c) \\bmod n$; ``None``
             draws a uniformly random window offset every step instead (multinomial HMC).
-        momentum_persistence: $\\alpha$ of the partial momentum refresh
-            $p \\leftarrow \\alpha p + \\sqrt{1-\\alpha^2}\\xi$ (0: full refresh).
+        alpha: momentum persistence $\\alpha$ of the partial momentum refresh
+            $p \\leftarrow \\alpha p + \\sqrt{1-\\alpha^2}\\xi$ (0: full refresh; BlackJAX's
+            ``ghmc`` and ``kernels.involutive`` call it ``alpha`` too).
+        momentum_persistence: deprecated name of ``alpha``.
         period: default number of slots P (static); fixing it here lets the kernel run inside
             ``blackjax.tempered_smc``, whose ``extend_params`` turns parameters into arrays.
         rotation: orbit choice, see :func:`choose` (None: independent sampling).
@@ -471,9 +476,11 @@ def build_kernel(
         window.
     """
     default_period = period
-    alpha = float(momentum_persistence)
+    alpha = float(
+        renamed("alpha", alpha, "momentum_persistence", momentum_persistence, 0.0, "build_kernel")
+    )
     if not 0.0 <= alpha < 1.0:
-        raise ValueError(f"momentum_persistence must be in [0, 1), got {alpha}.")
+        raise ValueError(f"alpha (momentum persistence) must be in [0, 1), got {alpha}.")
     rotation = _check_rotation(rotation)
 
     def kernel(
@@ -565,22 +572,28 @@ def build_contracting_kernel(
 def build_orbital_kernel(
     period: int | None = None,
     index_shift: int | None = None,
-    momentum_persistence: float = 0.0,
+    alpha: float | None = None,
     rotation: float | None = None,
+    *,
+    momentum_persistence: float | None = None,
 ) -> Callable[..., tuple[OrbitalState, OrbitalInfo]]:
     """Build the orbital HMC transition of :func:`orbital_hmc` (``index_shift`` ``P // 2``).
 
     Args:
         period: default window length P (static; or pass it to the kernel).
         index_shift: $c$ of the index shift; default ``P // 2``.
-        momentum_persistence: $\\alpha$ of the partial momentum refresh.
+        alpha: momentum persistence $\\alpha$ of the partial momentum refresh.
         rotation: orbit choice, see :func:`choose` (None: independent sampling).
+        momentum_persistence: deprecated name of ``alpha``.
 
     Returns:
         ``kernel(rng_key, state, logdensity_fn, step_size, inverse_mass_matrix, period=None,
         num_points=None)``.
     """
-    build_kernel(0, momentum_persistence, period, rotation)  # checks the arguments
+    alpha = renamed(
+        "alpha", alpha, "momentum_persistence", momentum_persistence, 0.0, "build_orbital_kernel"
+    )
+    build_kernel(0, alpha, period, rotation)  # checks the arguments
     default_period = period
 
     def kernel(
@@ -590,7 +603,7 @@ def build_orbital_kernel(
         if period is None:
             raise ValueError("period is required (as a kernel argument or in build_kernel).")
         shift = period // 2 if index_shift is None else int(index_shift)
-        inner = build_kernel(shift, momentum_persistence, period, rotation)
+        inner = build_kernel(shift, alpha, period, rotation)
         return inner(
             rng_key, state, logdensity_fn, step_size, inverse_mass_matrix, None, num_points
         )
@@ -664,9 +677,10 @@ def orbital_hmc(
     period: int,
     *,
     index_shift: int | None = None,
-    momentum_persistence: float = 0.0,
+    alpha: float | None = None,
     rotation: float | None = None,
     num_points: Array | int | None = None,
+    momentum_persistence: float | None = None,
 ) -> SamplingAlgorithm:
     """Orbital HMC: leapfrog orbits of ``period`` points with a deterministic index shift.
 
@@ -676,18 +690,20 @@ def orbital_hmc(
         inverse_mass_matrix: diagonal (1-d) or dense (2-d) inverse mass matrix.
         period: orbit window length P (P - 1 gradients per step).
         index_shift: $c$ of the shift $k \\leftarrow (j^*-c) \\bmod P$; default ``P // 2``.
-        momentum_persistence: $\\alpha$ of the partial momentum refresh (0: full refresh).
+        alpha: momentum persistence $\\alpha$ of the partial momentum refresh (0: full refresh).
         rotation: orbit choice, see :func:`choose` (None: independent sampling).
         num_points: use only the first $n \\le P$ slots (may be traced).
+        momentum_persistence: deprecated name of ``alpha``.
 
     Returns:
         a ``blackjax.base.SamplingAlgorithm`` with ``.init(position)`` and ``.step(key, state)``.
     """
     _check(step_size, period)
     shift = period // 2 if index_shift is None else int(index_shift)
-    kernel = build_kernel(
-        index_shift=shift, momentum_persistence=momentum_persistence, rotation=rotation
+    alpha = renamed(
+        "alpha", alpha, "momentum_persistence", momentum_persistence, 0.0, "orbital_hmc"
     )
+    kernel = build_kernel(index_shift=shift, alpha=alpha, rotation=rotation)
     return _top_level(
         logdensity_fn,
         kernel,

@@ -5,7 +5,7 @@ r"""Orbital HMC (Neklyudov and Welling, arXiv 2010.08047) as a NumPyro kernel.
 ``init_strategy``, ``postprocess_fn``) and NumPyro's warmup (dual averaging of the step size,
 windowed diagonal or dense mass matrix).
 
-Each iteration refreshes the momentum (fully, or partially with ``momentum_persistence``),
+Each iteration refreshes the momentum (fully, or partially with ``alpha``),
 builds the leapfrog orbit window of $n$ points around the current point (at slot $k$), weights
 the points by $\exp(-H)$ in log space and moves to one of them:
 
@@ -37,6 +37,7 @@ from blackjax.base import SamplingAlgorithm
 from numpyro.infer.initialization import init_to_uniform
 
 import kernels.orbital as orbital
+from kernels._deprecation import renamed
 from kernels.types import Array, ArrayTree
 from ppl.adapter import BlackJAXKernel
 
@@ -73,8 +74,9 @@ class OrbitalMCMC(BlackJAXKernel):
             size; tiny step sizes early in warmup then give shorter windows).
         index_shift: ``"random"`` (a uniformly random slot every iteration) or an int $c$ (the
             deterministic shift $k \\leftarrow (j^* - c) \\bmod n$).
-        momentum_persistence: $\\alpha \\in [0, 1)$ of the refresh
-            $p \\leftarrow \\alpha p + \\sqrt{1 - \\alpha^2}\\,\\xi$ (0: full refresh).
+        alpha: momentum persistence $\\alpha \\in [0, 1)$ of the refresh
+            $p \\leftarrow \\alpha p + \\sqrt{1 - \\alpha^2}\\,\\xi$ (0: full refresh; the name
+            ``InvolutiveMCMC`` and BlackJAX's ``ghmc`` use).
         rotation: $r \\in (0, 1)$ for the weight rotation, or None to draw from the weights.
         adapt_step_size: dual averaging of the step size during warmup.
         adapt_mass_matrix: windowed mass-matrix estimate during warmup.
@@ -96,7 +98,7 @@ class OrbitalMCMC(BlackJAXKernel):
         period: int | None = None,
         max_period: int = 128,
         index_shift: int | str = "random",
-        momentum_persistence: float = 0.0,
+        alpha: float | None = None,
         rotation: float | None = 0.5,
         adapt_step_size: bool = True,
         adapt_mass_matrix: bool = True,
@@ -106,7 +108,11 @@ class OrbitalMCMC(BlackJAXKernel):
         find_heuristic_step_size: bool = False,
         regularize_mass_matrix: bool = True,
         init_strategy: Callable = init_to_uniform,
+        momentum_persistence: float | None = None,
     ):
+        alpha = renamed(
+            "alpha", alpha, "momentum_persistence", momentum_persistence, 0.0, "OrbitalMCMC"
+        )
         if period is not None and trajectory_length is not None:
             raise ValueError(
                 "Pass period (a fixed number of window points) or trajectory_length (a fixed "
@@ -124,10 +130,8 @@ class OrbitalMCMC(BlackJAXKernel):
             raise ValueError(
                 f"index_shift must be 'random' or an integer shift, got {index_shift!r}."
             )
-        if not 0.0 <= float(momentum_persistence) < 1.0:
-            raise ValueError(
-                f"momentum_persistence must lie in [0, 1), got {momentum_persistence!r}."
-            )
+        if not 0.0 <= float(alpha) < 1.0:
+            raise ValueError(f"alpha (momentum persistence) must lie in [0, 1), got {alpha!r}.")
         if period is None and trajectory_length is None:
             trajectory_length = DEFAULT_TRAJECTORY_LENGTH
         self._trajectory_length = None if trajectory_length is None else float(trajectory_length)
@@ -136,7 +140,7 @@ class OrbitalMCMC(BlackJAXKernel):
         self._index_shift = index_shift
         self._orbit_kernel = orbital.build_kernel(
             index_shift=None if index_shift == "random" else int(index_shift),
-            momentum_persistence=float(momentum_persistence),
+            alpha=float(alpha),
             period=self._period or self._max_period,
             rotation=rotation,
         )

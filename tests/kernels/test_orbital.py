@@ -176,14 +176,12 @@ def _check_moments(xs, mean, var, burn=BURN):
 
 
 GAUSS_KERNELS = {
-    "orbital": lambda imm: orb.orbital_hmc(
-        gauss_logdensity, 0.35, imm, 6, momentum_persistence=0.5
-    ),
+    "orbital": lambda imm: orb.orbital_hmc(gauss_logdensity, 0.35, imm, 6, alpha=0.5),
     "contracting": lambda imm: orb.contracting_orbital_hmc(
         gauss_logdensity, 0.3, imm, friction=1.0, max_steps=40
     ),
     "orbital_rotation": lambda imm: orb.orbital_hmc(
-        gauss_logdensity, 0.35, imm, 8, rotation=0.5, momentum_persistence=0.5, num_points=6
+        gauss_logdensity, 0.35, imm, 8, rotation=0.5, alpha=0.5, num_points=6
     ),
     "multinomial": lambda imm: orb.multinomial_hmc(gauss_logdensity, 0.35, imm, 5),
     "multinomial_rotation": lambda imm: orb.multinomial_hmc(
@@ -361,8 +359,10 @@ def test_errors():
         orb.orbital_hmc(gauss_logdensity, 0.1, jnp.ones(DIM), 0)
     with pytest.raises(ValueError, match="step_size must be positive"):
         orb.orbital_hmc(gauss_logdensity, -0.1, jnp.ones(DIM), 4)
-    with pytest.raises(ValueError, match="momentum_persistence"):
-        orb.build_kernel(momentum_persistence=1.0)
+    with pytest.raises(ValueError, match="momentum persistence"):
+        orb.build_kernel(alpha=1.0)
+    with pytest.warns(DeprecationWarning, match="use alpha"), pytest.raises(ValueError):
+        orb.build_kernel(momentum_persistence=1.0)  # the former name still reaches the check
     alg = orb.orbital_hmc(lambda x: jnp.log(-jnp.sum(x)), 0.1, jnp.ones(2), 4)
     with pytest.raises(ValueError, match="not finite at the initial position"):
         alg.init(jnp.ones(2))

@@ -115,9 +115,7 @@ def test_arviz(vectorized):
 def test_chain_methods_and_fixed_period(method):
     """A fixed period, the deterministic index shift with persistent momentum, independent
     sampling from the weights; sequential and parallel chains."""
-    kernel = OrbitalMCMC(
-        regression, period=6, index_shift=2, momentum_persistence=0.5, rotation=None
-    )
+    kernel = OrbitalMCMC(regression, period=6, index_shift=2, alpha=0.5, rotation=None)
     mcmc = run(kernel, _X, _Y, num_chains=2, method=method, extra_fields=("num_steps",))
     assert np.all(np.asarray(mcmc.get_extra_fields()["num_steps"]) == 5)
     beta = np.asarray(mcmc.get_samples(group_by_chain=True)["beta"])
@@ -173,8 +171,12 @@ def test_potential_fn_and_errors():
         OrbitalMCMC(regression, trajectory_length=-1.0)
     with pytest.raises(ValueError, match="index_shift must be 'random' or an integer"):
         OrbitalMCMC(regression, index_shift="fixed")
-    with pytest.raises(ValueError, match="momentum_persistence must lie in"):
-        OrbitalMCMC(regression, momentum_persistence=1.0)
+    with pytest.raises(ValueError, match="alpha .momentum persistence. must lie in"):
+        OrbitalMCMC(regression, alpha=1.0)
+    with pytest.warns(DeprecationWarning, match="use alpha"):
+        assert OrbitalMCMC(regression, momentum_persistence=0.5) is not None
+    with pytest.raises(TypeError, match="not both"):
+        OrbitalMCMC(regression, alpha=0.5, momentum_persistence=0.5)
     with pytest.raises(ValueError, match="rotation must lie in"):
         OrbitalMCMC(regression, rotation=1.5)
     with pytest.raises(ValueError, match="max_period"):
