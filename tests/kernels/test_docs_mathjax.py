@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,6 +26,8 @@ def _hook():
 
 
 def _config():
+    yaml = pytest.importorskip("yaml")
+
     class Loader(yaml.SafeLoader):
         pass
 
