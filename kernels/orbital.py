@@ -612,29 +612,56 @@ def build_orbital_kernel(
 
 
 def build_multinomial_kernel(
-    num_steps: int | None = None, rotation: float | None = None
+    num_integration_steps: int | None = None,
+    rotation: float | None = None,
+    *,
+    num_steps: int | None = None,
 ) -> Callable[..., tuple[OrbitalState, OrbitalInfo]]:
     """Build the multinomial HMC transition (BlackJAX ``build_kernel`` contract).
 
     Args:
-        num_steps: default number of leapfrog steps $L$ (static; window of $L + 1$ points).
+        num_integration_steps: default number of leapfrog steps $L$ (static; window of $L + 1$
+            points; BlackJAX's name).
         rotation: orbit choice, see :func:`choose` (None: independent sampling).
+        num_steps: deprecated name of ``num_integration_steps``.
 
     Returns:
         ``kernel(rng_key, state, logdensity_fn, step_size, inverse_mass_matrix,
-        num_steps=None)``.
+        num_integration_steps=None)``.
     """
     kernel = build_kernel(index_shift=None, rotation=rotation)
-    default_num_steps = num_steps
+    default_steps = renamed(
+        "num_integration_steps",
+        num_integration_steps,
+        "num_steps",
+        num_steps,
+        None,
+        "build_multinomial_kernel",
+    )
 
     def multinomial_kernel(
-        rng_key, state, logdensity_fn, step_size, inverse_mass_matrix, num_steps=None
+        rng_key,
+        state,
+        logdensity_fn,
+        step_size,
+        inverse_mass_matrix,
+        num_integration_steps=None,
+        num_steps=None,
     ):
-        num_steps = default_num_steps if num_steps is None else int(num_steps)
-        if num_steps is None:
-            raise ValueError("num_steps is required (as a kernel argument or in build_kernel).")
+        steps = renamed(
+            "num_integration_steps",
+            num_integration_steps,
+            "num_steps",
+            num_steps,
+            default_steps,
+            "multinomial_kernel",
+        )
+        if steps is None:
+            raise ValueError(
+                "num_integration_steps is required (as a kernel argument or in build_kernel)."
+            )
         return kernel(
-            rng_key, state, logdensity_fn, step_size, inverse_mass_matrix, period=num_steps + 1
+            rng_key, state, logdensity_fn, step_size, inverse_mass_matrix, period=int(steps) + 1
         )
 
     return multinomial_kernel
@@ -718,11 +745,13 @@ def multinomial_hmc(
     logdensity_fn: LogDensityFn,
     step_size: float,
     inverse_mass_matrix: Array,
-    num_steps: int,
+    num_integration_steps: int | None = None,
     *,
     rotation: float | None = None,
+    num_steps: int | None = None,
 ) -> SamplingAlgorithm:
-    """Multinomial HMC over a trajectory of ``num_steps`` leapfrog steps with a random offset.
+    """Multinomial HMC over a trajectory of ``num_integration_steps`` leapfrog steps with a
+    random offset.
 
     The current point sits at a uniformly random slot $k$ of the window of $L + 1$ points
     $\\{T^{j-k}(q, p)\\}$; the next state is drawn from the window with weights
@@ -733,14 +762,26 @@ def multinomial_hmc(
         logdensity_fn: log density of the target.
         step_size: leapfrog step size.
         inverse_mass_matrix: diagonal or dense inverse mass matrix.
-        num_steps: number of leapfrog steps L (the window has L + 1 points, L gradients).
+        num_integration_steps: number of leapfrog steps L (the window has L + 1 points, L
+            gradients; BlackJAX's name).
         rotation: orbit choice, see :func:`choose` (None: independent sampling).
+        num_steps: deprecated name of ``num_integration_steps``.
 
     Returns:
         a ``blackjax.base.SamplingAlgorithm``.
     """
-    _check(step_size, num_steps + 1)
-    kernel = build_multinomial_kernel(int(num_steps), rotation=rotation)
+    steps = renamed(
+        "num_integration_steps",
+        num_integration_steps,
+        "num_steps",
+        num_steps,
+        None,
+        "multinomial_hmc",
+    )
+    if steps is None:
+        raise TypeError("multinomial_hmc: num_integration_steps is required.")
+    _check(step_size, steps + 1)
+    kernel = build_multinomial_kernel(int(steps), rotation=rotation)
     return _top_level(logdensity_fn, kernel, inverse_mass_matrix, step_size=step_size)
 
 

@@ -48,7 +48,7 @@ KERNELS = {
     "orbital_hmc": (orb.orbital_hmc, {"period": 6}, {"step_size": 0.3, "inverse_mass_matrix": IMM}),
     "multinomial_hmc": (
         orb.multinomial_hmc,
-        {"num_steps": 5},
+        {"num_integration_steps": 5},
         {"step_size": 0.3, "inverse_mass_matrix": IMM},
     ),
     "contracting_orbital_hmc": (
@@ -140,3 +140,18 @@ def test_inside_kernels_tempered_smc(name):
         return res.log_Z, jnp.sum(w[:, None] * res.particles, 0)
 
     _check(*jax.vmap(run)(jax.random.split(jax.random.key(8), RUNS)))
+
+
+def test_multinomial_hmc_former_num_steps_name():
+    """``num_steps`` (the former name of ``num_integration_steps``) still works, with a
+    DeprecationWarning, and gives the same chain."""
+    params = {"step_size": 0.3, "inverse_mass_matrix": IMM}
+    state = orb.multinomial_hmc.init(jnp.ones(DIM), logprior)
+    new = orb.multinomial_hmc.build_kernel(num_integration_steps=5)
+    with pytest.warns(DeprecationWarning, match="use num_integration_steps"):
+        old = orb.multinomial_hmc.build_kernel(num_steps=5)
+    a, _ = new(jax.random.key(0), state, logprior, **params)
+    b, _ = old(jax.random.key(0), state, logprior, **params)
+    np.testing.assert_array_equal(a.position, b.position)
+    with pytest.raises(TypeError, match="not both"):
+        orb.multinomial_hmc(logprior, 0.3, IMM, 5, num_steps=5)
