@@ -135,7 +135,10 @@ def test_resample_if_under_scan_jit():
 # BlackJAX's convention: its resampling functions take normalized probabilities.
 
 
-@pytest.mark.parametrize("name", list(rs.SCHEMES))
+@pytest.mark.parametrize(
+    "name",
+    [n if n == "systematic" else pytest.param(n, marks=pytest.mark.slow) for n in rs.SCHEMES],
+)
 def test_probabilities_refused_eagerly_and_under_jit(name):
     scheme = rs.SCHEMES[name]
     w = jnp.asarray(W, jnp.float32)
