@@ -23,6 +23,8 @@ _EXPORTS = {
     "broadcast_cache": "lm_inference.base",
     "Target": "lm_inference.target",
     "smc": "lm_inference.twisted_smc",
+    "smc_runs": "lm_inference.twisted_smc",
+    "teacher_force": "lm_inference.twisted_smc",
     "SMCResult": "lm_inference.twisted_smc",
     "train_twist": "lm_inference.twist_training",
     "bidirectional_bounds": "lm_inference.bounds",

@@ -24,7 +24,7 @@ from scipy import stats
 from kernels.smc import estimators
 from kernels.types import Array, PRNGKey
 from lm_inference.target import Target
-from lm_inference.twisted_smc import smc, teacher_force
+from lm_inference.twisted_smc import smc, smc_runs, teacher_force
 from lm_inference.twists import Twist
 
 __all__ = ["Interval", "Bounds", "bidirectional_bounds", "rejection_samples"]
@@ -74,18 +74,24 @@ class Bounds(NamedTuple):
 def rejection_samples(
     key: PRNGKey, target: Target, num_samples: int, batch: int = 1024, max_batches: int = 1000
 ) -> Array:
-    """Exact draws from ``sigma`` by rejection from ``p0`` (requires ``phi <= 1``).
+    """Exact draws from ``sigma`` by rejection from the untwisted proposal (requires every
+    factor of ``phi`` to be ``<= 1``).
 
-    Accept ``s ~ p0`` with probability ``phi(s)``. Raises if the acceptance rate is so low that
-    ``max_batches`` batches do not give ``num_samples`` draws.
+    The proposal is ``q ∝ p0 e^{w^next}`` (``p0`` for a terminal potential; masked decoding for
+    a regex); its importance weight ``p0 phi / q`` is then at most 1, and ``s ~ q`` is accepted
+    with that probability. Raises if the acceptance rate is so low that ``max_batches`` batches
+    do not give ``num_samples`` draws.
     """
     out, n = [], 0
     for _ in range(max_batches):
         key, k1, k2 = jax.random.split(key, 3)
         r = smc(k1, target, batch, ess_threshold=0.0)
-        if np.any(np.asarray(r.log_potential) > 1e-6):
-            raise ValueError("rejection_samples: needs phi <= 1 (log_potential <= 0).")
-        acc = np.asarray(jnp.log(jax.random.uniform(k2, (batch,))) < r.log_potential)
+        if np.any(np.asarray(r.log_weights) > 1e-5):
+            raise ValueError(
+                "rejection_samples: needs phi <= 1 in every factor (importance weights <= 1); "
+                "supply exact samples instead."
+            )
+        acc = np.asarray(jnp.log(jax.random.uniform(k2, (batch,))) < r.log_weights)
         out.append(np.asarray(r.samples)[acc])
         n += int(acc.sum())
         if n >= num_samples:
@@ -123,12 +129,7 @@ def bidirectional_bounds(
     Returns:
         :class:`Bounds`.
     """
-    exact_samples = jnp.asarray(exact_samples, jnp.int32)
-    if exact_samples.ndim != 2 or exact_samples.shape[1] != target.num_tokens:
-        raise ValueError(
-            f"bidirectional_bounds: exact_samples must be [R, T={target.num_tokens}], "
-            f"got {exact_samples.shape}."
-        )
+    exact_samples = target.check_tokens(exact_samples, "bidirectional_bounds: exact_samples")
     R = exact_samples.shape[0] if num_runs is None else int(num_runs)
     if R > exact_samples.shape[0] or R < 1:
         raise ValueError(
@@ -140,12 +141,12 @@ def bidirectional_bounds(
     kw = dict(twist=twist, resampling=resampling)
 
     def run(thr, k, ref=None):
-        return smc(k, target, num_particles, ess_threshold=thr, reference=ref, **kw).log_Z
+        return smc_runs(k, target, num_particles, ess_threshold=thr, references=ref, **kw).log_Z
 
-    lower = jax.vmap(lambda k: run(ess_threshold, k))(keys[0])
-    upper = jax.vmap(lambda k, ref: run(ess_threshold, k, ref))(keys[1], refs)
-    il = jax.vmap(lambda k: run(0.0, k))(keys[2])
-    iu = jax.vmap(lambda k, ref: run(0.0, k, ref))(keys[3], refs)
+    lower = run(ess_threshold, keys[0])
+    upper = run(ess_threshold, keys[1], refs)
+    il = run(0.0, keys[2])
+    iu = run(0.0, keys[3], refs)
     lower, upper = np.asarray(lower), np.asarray(upper)
     # single-sample weights of the proposal: f_q on q draws, g_q on exact draws
     q_draws = smc(

@@ -28,6 +28,7 @@ import math
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -105,6 +106,12 @@ POTENTIALS: dict[str, tuple[str, str, Callable | None]] = {
 
 def _named(potential, name: str):
     """Record ``name`` (the command-line spec) on a potential built here, for twist checkpoints."""
+    from dataclasses import replace
+
+    from lm_inference.potentials import Potential
+
+    if isinstance(potential, Potential):
+        return replace(potential, name=name)
     try:
         potential.name = name
     except (AttributeError, TypeError):  # a frozen object: it keeps its own name
@@ -142,18 +149,36 @@ def build_potential(args: argparse.Namespace, lm):
     :func:`lm_inference.potentials.product`; today that is ``--potential SPEC``
     (:data:`POTENTIALS` or ``MODULE:FUNCTION``).
     """
+    from lm_inference import potentials
+
     parts, names = [], []
     if args.potential is not None:
         p = _parse_potential(args.potential, lm)
         if p is not None:
             parts.append(p)
             names.append(args.potential)
+    try:
+        if getattr(args, "regex", None):
+            parts.append(potentials.regex(lm, args.regex))
+            names.append(f"regex:{args.regex}")
+        if getattr(args, "json_schema", None):
+            parts.append(potentials.json_schema(lm, Path(args.json_schema)))
+            names.append(f"json_schema:{Path(args.json_schema).name}")
+        if getattr(args, "short_words", None):
+            parts.append(potentials.short_words(lm, args.short_words))
+            names.append(f"short_words:{args.short_words}")
+        if getattr(args, "intersect", None):
+            p = potentials.prompted(lm, args.intersect)
+            if getattr(args, "intersect_beta", 1.0) != 1.0:
+                p = potentials.tempered(p, args.intersect_beta)
+            parts.append(p)
+            names.append(f"intersect:{args.intersect}^{args.intersect_beta:g}")
+    except (ValueError, OSError) as e:
+        raise CLIError(str(e)) from e
     if not parts:
         return None
     if len(parts) == 1:
-        return parts[0]
-    from lm_inference import potentials
-
+        return _named(parts[0], names[0])
     return _named(potentials.product(*parts), " * ".join(names))
 
 
@@ -193,7 +218,10 @@ def _prompt(args):
 def _target(args, lm):
     from lm_inference.target import Target
 
-    return Target(lm, _prompt(args), args.num_tokens, build_potential(args, lm))
+    return Target(
+        lm, _prompt(args), args.num_tokens, build_potential(args, lm),
+        forced_eos=bool(getattr(args, "forced_eos", False)),
+    )
 
 
 def _head(args, lm, target, key):
@@ -612,6 +640,44 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="SPEC",
             help="the potential phi: none, contains_token:ID, ends_with:ID, contains_text:WORD "
             "or MODULE:FUNCTION (see 'potentials' below)",
+        )
+        s.add_argument(
+            "--regex",
+            default=None,
+            metavar="PATTERN",
+            help="phi *= 1[the decoded text fully matches PATTERN] (an outlines-core automaton, "
+            "masked on the device); combined with every other potential option by product",
+        )
+        s.add_argument(
+            "--json-schema",
+            default=None,
+            metavar="FILE",
+            help="phi *= 1[the text is JSON valid for the schema in FILE]",
+        )
+        s.add_argument(
+            "--short-words",
+            type=_int_at_least(1),
+            default=None,
+            metavar="K",
+            help="phi *= 1[every word has at most K letters] (LLaMPPL's example)",
+        )
+        s.add_argument(
+            "--intersect",
+            default=None,
+            metavar="PROMPT",
+            help="prompt intersection: phi *= p(s | PROMPT)^beta under the same model",
+        )
+        s.add_argument(
+            "--intersect-beta",
+            type=float,
+            default=1.0,
+            help="the power beta of --intersect",
+        )
+        s.add_argument(
+            "--forced-eos",
+            action="store_true",
+            help="end every sequence with EOS; one without EOS after T tokens gets "
+            "log p0(EOS | s) (genlm-control's semantics)",
         )
         s.add_argument(
             "--twist",

@@ -4,7 +4,10 @@ For a vocabulary of ``V`` tokens and ``T`` new tokens, every EOS-padded sequence
 (at most ``V^T``), with ``log p0``, ``log phi``, the normalized target ``sigma``, ``log Z``, the
 optimal twists
 
-$$\psi_t^*(s_{1:t}) = \sum_{s_{t+1:T}} p_0(s_{t+1:T} \mid s_{1:t})\, \phi(s_{1:T}),$$
+$$\psi_t^*(s_{1:t}) = \sum_{s_{t+1:T}} p_0(s_{t+1:T} \mid s_{1:t})\,
+\frac{\phi(s_{1:T})}{\Phi_t(s_{1:t})},$$
+
+(``Phi_t`` the potential's prefix value, 1 for a terminal potential)
 
 (as a :class:`lm_inference.twists.Twist` usable by :func:`lm_inference.smc`), exact samples, and
 the exact KL divergences of a twisted proposal.
@@ -35,6 +38,7 @@ class Enumeration(NamedTuple):
         log_sigma: ``[M]`` normalized ``log sigma``.
         log_Z: scalar.
         log_p0_steps: ``[M, T]`` per-step ``log p0(s_t | s_<t)``.
+        log_prefix: ``[M, T]`` the potential's prefix values ``log Phi_t``.
     """
 
     sequences: Array
@@ -43,6 +47,7 @@ class Enumeration(NamedTuple):
     log_sigma: Array
     log_Z: Array
     log_p0_steps: Array
+    log_prefix: Array
 
 
 def _sequences(v: int, T: int, eos: int | None) -> np.ndarray:
@@ -73,7 +78,7 @@ def enumerate_target(target: Target, max_sequences: int = 200_000) -> Enumeratio
     log_p0 = tf.log_p0.sum(1)
     log_un = log_p0 + tf.log_phi
     log_Z = jax.nn.logsumexp(log_un)
-    return Enumeration(seqs, log_p0, tf.log_phi, log_un - log_Z, log_Z, tf.log_p0)
+    return Enumeration(seqs, log_p0, tf.log_phi, log_un - log_Z, log_Z, tf.log_p0, tf.log_prefix)
 
 
 def _code(prefix: np.ndarray, v: int, T: int) -> np.ndarray:
@@ -83,20 +88,23 @@ def _code(prefix: np.ndarray, v: int, T: int) -> np.ndarray:
 def optimal_twist(target: Target, enum: Enumeration | None = None) -> Twist:
     """The optimal twists ``log psi_t^*`` as a lookup-table :class:`Twist` (``t = 1..T``).
 
-    ``psi_T^* = phi``, so with this twist every SMC weight is constant and ``Z_hat = Z``.
-    Prefixes that no valid sequence extends get ``-inf``.
+    ``psi^*`` at completion is the completion value, so for a potential without ``update``
+    increments every SMC weight is constant and ``Z_hat = Z``. Prefixes that no valid sequence
+    extends get ``-inf``.
     """
     enum = enumerate_target(target) if enum is None else enum
     v, T = target.lm.vocab_size, target.num_tokens
     seqs = np.asarray(enum.sequences)
     cum = np.cumsum(np.asarray(enum.log_p0_steps, np.float64), axis=1)
+    cum = cum + np.asarray(enum.log_prefix, np.float64)
     val = np.asarray(enum.log_p0, np.float64) + np.asarray(enum.log_phi, np.float64)
     table = np.full((T, v**T), -np.inf)
     for t in range(T):
         pref = seqs.copy()
         pref[:, t + 1 :] = 0
         codes = _code(pref, v, T)
-        contrib = val - cum[:, t]
+        with np.errstate(invalid="ignore"):
+            contrib = np.where(val == -np.inf, -np.inf, val - cum[:, t])
         for c in np.unique(codes):
             table[t, c] = np.logaddexp.reduce(contrib[codes == c])
     return table_twist(target, table)

@@ -19,13 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kernels.smc.twisted import categorical
 from kernels.types import Array, PRNGKey
 from lm_inference.base import LanguageModel
 
 __all__ = ["SampleOutput", "sample", "sequence_logprob", "filter_logits", "categorical"]
-
-_BLOCK = 256
-
 
 class SampleOutput(NamedTuple):
     """Output of :func:`sample`.
@@ -38,46 +36,6 @@ class SampleOutput(NamedTuple):
 
     tokens: Array
     log_probs: Array
-
-
-def _inverse_cdf(u: Array, weights: Array) -> Array:
-    """The index ``j`` with ``c_{j-1} <= u c_n < c_j`` for ``c = cumsum(weights)`` (last axis).
-
-    The target is kept strictly below the total, so ``weights[j] > 0`` always.
-    """
-    c = jnp.cumsum(weights, axis=-1)
-    total = c[..., -1:]
-    t = jnp.minimum(u * total, jnp.nextafter(total, 0.0))
-    return jnp.sum(c <= t, axis=-1)
-
-
-def categorical(key: PRNGKey, logits: Array) -> Array:
-    r"""Exact draws from ``softmax(logits)`` along the last axis, by two-level inverse CDF.
-
-    The vocabulary is cut into blocks of 256: a block is chosen with probability proportional to
-    its mass, then a token within it, each by inverting a cumulative sum with one uniform. Two
-    uniforms per row instead of ``V`` Gumbel variables (``jax.random.categorical``), which on
-    CPU costs more than the model's output projection for a 50k vocabulary. Tokens with zero
-    probability (``-inf`` logits) are never drawn.
-
-    Args:
-        key: PRNG key.
-        logits: ``[..., V]`` unnormalized log-probabilities (``-inf`` allowed, not all of a row).
-
-    Returns:
-        ``[...]`` int32 indices.
-    """
-    logits = logits.astype(jnp.float32)
-    w = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
-    v = w.shape[-1]
-    nb = -(-v // _BLOCK)
-    w = jnp.pad(w, [(0, 0)] * (w.ndim - 1) + [(0, nb * _BLOCK - v)])
-    blocks = w.reshape(w.shape[:-1] + (nb, _BLOCK))
-    u = jax.random.uniform(key, w.shape[:-1] + (2,))
-    b = _inverse_cdf(u[..., :1], blocks.sum(-1))
-    inner = jnp.take_along_axis(blocks, b[..., None, None], axis=-2)[..., 0, :]
-    j = _inverse_cdf(u[..., 1:], inner)
-    return (b * _BLOCK + j).astype(jnp.int32)
 
 
 def filter_logits(

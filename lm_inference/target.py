@@ -5,17 +5,24 @@ Z = \sum_{s_{1:T}} p_0(s_{1:T} \mid \text{prompt})\, \phi(s_{1:T}).$$
 
 End of sequence: when the model has an ``eos_token_id``, a sequence that emits it at step ``t``
 is complete; the positions after it hold ``eos_token_id`` as padding and contribute nothing to
-``p_0`` (probability one). The potential still sees the whole ``[T]`` array (padding included).
+``p_0`` (probability one). A sequence is complete at its first EOS or after ``T`` tokens; the
+potential's completion value sees the whole ``[T]`` array (padding included).
+
+``forced_eos=True`` gives genlm-control's semantics: every sequence ends with EOS, and one that has
+none after ``T`` tokens is completed by a forced EOS, which contributes ``log p0(EOS | s)``:
+``sigma(s) ∝ p0(s EOS | prompt) phi(s)``.
 """
 
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from kernels.types import Array
 from lm_inference.base import LanguageModel
+from lm_inference.potentials.base import Potential, as_potential, log_value
 
 __all__ = ["Target"]
 
@@ -28,14 +35,17 @@ class Target:
         lm: a model implementing :class:`lm_inference.base.LanguageModel`.
         prompt: text (needs ``lm.tokenizer``) or a 1-D sequence of token ids (non-empty).
         num_tokens: ``T``, the number of new tokens.
-        log_potential: ``tokens [T] -> log phi`` (scalar, ``-inf`` allowed), a JAX function
-            (the library vmaps and jits it with the sweep); see :mod:`lm_inference.potentials`.
-            ``None`` means ``phi = 1``. A potential with ``uses_lm_params = True`` is called as
-            ``log_potential(tokens, params)`` with the LM's parameters.
+        log_potential: a :class:`lm_inference.potentials.Potential` (stateful: per-token
+            weights, masks, completion value), or a JAX function ``tokens [T] -> log phi``
+            (scalar, ``-inf`` allowed; evaluated at completion). ``None`` means ``phi = 1``.
+            A function with ``uses_lm_params = True`` is called as ``fn(tokens, params)`` with
+            the LM's parameters.
         eos_token_id: overrides ``lm.eos_token_id``; pass ``-1`` to disable EOS handling.
+        forced_eos: complete every sequence with EOS (module docstring).
 
     Attributes:
         prompt_ids: ``[P]`` int32 prompt token ids.
+        potential: the :class:`~lm_inference.potentials.Potential` (``None``: ``phi = 1``).
     """
 
     lm: LanguageModel
@@ -43,6 +53,7 @@ class Target:
     num_tokens: int
     log_potential: Callable | None = None
     eos_token_id: int | None = None
+    forced_eos: bool = False
 
     def __post_init__(self):
         if isinstance(self.prompt, str):
@@ -79,27 +90,65 @@ class Target:
                 f"Target: prompt ({ids.size} tokens) + num_tokens ({self.num_tokens}) exceeds the "
                 f"model's maximum positions ({max_pos}); shorten the prompt or num_tokens."
             )
-        if self.log_potential is not None and not callable(self.log_potential):
-            raise TypeError("Target: log_potential must be callable tokens [T] -> scalar.")
+        if self.log_potential is not None and not (
+            callable(self.log_potential) or isinstance(self.log_potential, Potential)
+        ):
+            raise TypeError(
+                "Target: log_potential must be a lm_inference.potentials.Potential or a callable "
+                f"tokens [T] -> scalar log phi, got {type(self.log_potential).__name__}."
+            )
+        self.potential = as_potential(self.log_potential, self.lm)
         self.prompt_ids = jnp.asarray(ids)
         if self.eos_token_id is None:
             self.eos_token_id = getattr(self.lm, "eos_token_id", None)
         if self.eos_token_id is not None and self.eos_token_id < 0:
             self.eos_token_id = None
+        if self.eos_token_id is not None and not 0 <= self.eos_token_id < self.lm.vocab_size:
+            raise ValueError(
+                f"Target: eos_token_id {self.eos_token_id} is outside the vocabulary "
+                f"[0, {self.lm.vocab_size}); pass -1 to disable EOS handling."
+            )
+        if self.forced_eos and self.eos_token_id is None:
+            raise ValueError("Target: forced_eos=True needs an EOS token (eos_token_id).")
+        if self.forced_eos and max_pos is not None and ids.size + self.num_tokens + 1 > max_pos:
+            raise ValueError(
+                f"Target: forced_eos needs prompt + num_tokens + 1 <= {max_pos} positions."
+            )
 
     @property
     def eos(self) -> int:
         """The EOS id, or ``-1`` when EOS handling is off (never matches a token)."""
         return -1 if self.eos_token_id is None else int(self.eos_token_id)
 
-    def log_phi(self, tokens: Array, params=None) -> Array:
-        """``log phi`` of one ``[T]`` token array (0 without a potential)."""
-        if self.log_potential is None:
+    def log_phi(self, tokens: Array) -> Array:
+        """``log phi`` of one ``[T]`` token array (0 without a potential; without the forced
+        EOS's ``log p0(EOS | s)``)."""
+        if self.potential is None:
             return jnp.zeros((), jnp.float32)
-        if getattr(self.log_potential, "uses_lm_params", False):
-            params = self.lm.params if params is None else params
-            return jnp.asarray(self.log_potential(tokens, params), jnp.float32)
-        return jnp.asarray(self.log_potential(tokens), jnp.float32)
+        return log_value(self.potential, self.pad_after_eos(tokens), self.prompt_ids, self.eos)
+
+    def check_tokens(self, tokens, what: str, batch: bool = True) -> Array:
+        """``tokens`` as int32 ``[M, T]`` (or ``[T]`` with ``batch=False``), EOS-padded, after
+        checking the shape and that every id is in the vocabulary."""
+        if isinstance(tokens, jax.core.Tracer):  # traced (vmap / jit): shape checks only
+            if tokens.shape[-1:] != (self.num_tokens,) or tokens.ndim != (2 if batch else 1):
+                raise ValueError(f"{what} must have T = {self.num_tokens} columns, got {tokens.shape}.")
+            return self.pad_after_eos(tokens.astype(jnp.int32))
+        arr = np.asarray(tokens)
+        want = (self.num_tokens,) if not batch else (None, self.num_tokens)
+        if arr.ndim != len(want) or arr.shape[-1] != self.num_tokens:
+            shape = "[T]" if not batch else "[M, T]"
+            raise ValueError(
+                f"{what} must have shape {shape} with T = {self.num_tokens}, got {arr.shape}."
+            )
+        if arr.size and not np.issubdtype(arr.dtype, np.integer):
+            raise ValueError(f"{what} must be integer token ids, got {arr.dtype}.")
+        if arr.size and (arr.min() < 0 or arr.max() >= self.lm.vocab_size):
+            raise ValueError(
+                f"{what} has token ids outside the vocabulary [0, {self.lm.vocab_size}) "
+                f"(range [{arr.min()}, {arr.max()}])."
+            )
+        return self.pad_after_eos(jnp.asarray(arr, jnp.int32))
 
     def pad_after_eos(self, tokens: Array) -> Array:
         """Replace every token after the first EOS by EOS (``[..., T]``)."""

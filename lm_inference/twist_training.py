@@ -116,8 +116,8 @@ def twist_loss(
     if method == "ctl":
         lp = _at(_all_log_psi(apply, params, tp, sp), sp) * tp.active
         ln = _at(_all_log_psi(apply, params, tn, sn), sn) * tn.active
-        # intermediate weights p0(s_1:t) psi_t / q(s_1:t) with the current twist (constants)
-        lw = jnp.cumsum(tn.log_p0, 1) + tn.log_psi - jnp.cumsum(tn.log_q, 1)
+        # intermediate weights p0 Phi_t psi_t / q (s_1:t) with the current twist (constants)
+        lw = jnp.cumsum(tn.log_p0, 1) + tn.log_prefix + tn.log_psi - jnp.cumsum(tn.log_q, 1)
         w_neg = jax.lax.stop_gradient(_softmax0(lw, 0))
         return -(jnp.sum(w_pos[:, None] * lp) - jnp.sum(w_neg * ln))
     if method == "sixo":

@@ -30,7 +30,74 @@ from kernels.smc import resampling as rs
 from kernels.smc import sequential
 from kernels.types import Array, PRNGKey
 
-__all__ = ["run"]
+__all__ = ["run", "categorical", "sample", "normalize_and_guard"]
+
+_BLOCK = 256
+
+
+def _inverse_cdf(u: Array, weights: Array) -> Array:
+    """The index ``j`` with ``c_{j-1} <= u c_n < c_j`` for ``c = cumsum(weights)`` (last axis).
+
+    The target is kept strictly below the total, so ``weights[j] > 0`` always.
+    """
+    c = jnp.cumsum(weights, axis=-1)
+    total = c[..., -1:]
+    t = jnp.minimum(u * total, jnp.nextafter(total, 0.0))
+    return jnp.minimum(jnp.sum(c <= t, axis=-1), weights.shape[-1] - 1)
+
+
+def categorical(key: PRNGKey, logits: Array) -> Array:
+    r"""Exact draws from ``softmax(logits)`` along the last axis, by two-level inverse CDF.
+
+    The vocabulary is cut into blocks of 256: a block is chosen with probability proportional to
+    its mass, then a token within it, each by inverting a cumulative sum with one uniform. Two
+    uniforms per row instead of ``V`` Gumbel variables (``jax.random.categorical``), which on
+    CPU costs more than the model's output projection for a 50k vocabulary. Tokens with zero
+    probability (``-inf`` logits) are never drawn; NaN counts as ``-inf``; a row with no positive
+    mass gives an index in range (callers mark such rows dead, see :func:`normalize_and_guard`).
+
+    Args:
+        key: PRNG key.
+        logits: ``[..., V]`` unnormalized log-probabilities.
+
+    Returns:
+        ``[...]`` int32 indices in ``[0, V)``.
+    """
+    logits = logits.astype(jnp.float32)
+    logits = jnp.where(jnp.isnan(logits), -jnp.inf, logits)
+    m = jnp.max(logits, axis=-1, keepdims=True)
+    w = jnp.exp(logits - jnp.where(jnp.isfinite(m), m, 0.0))
+    w = jnp.where(jnp.isnan(w), 0.0, w)
+    v = w.shape[-1]
+    nb = -(-v // _BLOCK)
+    w = jnp.pad(w, [(0, 0)] * (w.ndim - 1) + [(0, nb * _BLOCK - v)])
+    blocks = w.reshape(w.shape[:-1] + (nb, _BLOCK))
+    u = jax.random.uniform(key, w.shape[:-1] + (2,))
+    b = _inverse_cdf(u[..., :1], blocks.sum(-1))
+    inner = jnp.take_along_axis(blocks, b[..., None, None], axis=-2)[..., 0, :]
+    j = _inverse_cdf(u[..., 1:], inner)
+    return jnp.minimum(b * _BLOCK + j, v - 1).astype(jnp.int32)
+
+
+def sample(key: PRNGKey, log_q: Array) -> Array:
+    """One token per row from the unnormalized twisted proposal ``log q [N, V]``."""
+    return categorical(key, log_q)
+
+
+def normalize_and_guard(
+    log_q: Array, tokens: Array, done: Array, pad: int
+) -> tuple[Array, Array, Array]:
+    """``(log sum_v q(v) [N], dead [N], tokens)`` for the twist-induced proposal's weight.
+
+    A row of ``log q`` with no positive mass (every next token masked, or a NaN proposal) is a
+    dead particle: it gets ``log_norm = -inf`` (weight zero) and the token ``pad``; rows already
+    ``done`` are never dead.
+    """
+    lq = jnp.where(jnp.isnan(log_q), -jnp.inf, log_q)
+    log_norm = jax.nn.logsumexp(lq, axis=-1)
+    log_norm = jnp.where(jnp.isnan(log_norm), -jnp.inf, log_norm)
+    dead = ~done & (log_norm == -jnp.inf)
+    return log_norm, dead, jnp.where(dead, pad, tokens)
 
 
 def run(
@@ -115,7 +182,7 @@ def run(
             out["log_q"] = logits
         else:
             logits = lp0 + lpsi if proposal == "twist" else lp0
-        s = jax.random.categorical(k, logits, axis=-1).astype(jnp.int32)
+        s = categorical(k, logits)
         return {"tokens": x["tokens"].at[:, p].set(s), **out}
 
     def at_token(a, s):
@@ -127,7 +194,7 @@ def run(
         if custom:  # p_0 psi_t / (q psi_{t-1}), eq. 6
             new = at_token(x["log_p0"] + x["log_psi"] - x["log_q"], s)
         elif proposal == "twist":
-            new = jax.nn.logsumexp(x["log_p0"] + x["log_psi"], axis=-1)
+            new = normalize_and_guard(x["log_p0"] + x["log_psi"], s, jnp.zeros_like(s, bool), 0)[0]
         else:
             new = at_token(x["log_psi"], s)
         return new - prev_psi(xp, p)
