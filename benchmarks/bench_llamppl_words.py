@@ -152,26 +152,15 @@ _OURS_LM: dict = {}
 
 
 def ours(model: str, N: int, T: int, ess_threshold: float, repeats: int) -> dict | None:
-    """OUR side of the benchmark: the same target in one jitted sweep. Returns ``None`` (not run)
-    until the API lands.
-
-    TO BE FILLED IN by whoever lands the on-device short-words potential (issue 12: "LLaMPPL's
-    every word at most 5 letters as an on-device potential built from the vocabulary, per-token
-    character counts and the current word length as state"). It must define the target of the
-    module docstring (``allowed``/``state`` above are the host rule; compare its masks with
-    ``--dump-masks``) with T tokens and EOS never allowed, and return
-    ``dict(compile_s=..., times=[...], log_Z=[...])`` (seconds; one entry per seed
-    0 .. repeats - 1, after a first compiling call). The name tried below,
-    ``lm_inference.potentials.short_words(lm, max_letters)``, is a placeholder: change it to the
-    real one.
+    """OUR side: the same target in one jitted sweep, ``lm_inference.potentials.
+    llamppl_short_words(lm, 5)`` (LLaMPPL's rule of the module docstring as an on-device state
+    machine, checked against the host rule on every enumerated sequence in the tests), T tokens,
+    EOS never allowed. Returns ``dict(compile_s=..., times=[...], log_Z=[...])`` (seconds; one
+    entry per seed 0 .. repeats - 1, after a first compiling call).
     """
-    try:
-        from lm_inference import potentials
+    from lm_inference import potentials
 
-        short_words = potentials.short_words  # placeholder name
-    except Exception as e:  # not there yet (or the package is mid-change)
-        print(f"ours: not run (lm_inference.potentials.short_words: {e!r})", file=sys.stderr)
-        return None
+    short_words = potentials.llamppl_short_words
     import jax
     import jax.numpy as jnp
 

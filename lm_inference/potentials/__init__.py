@@ -43,6 +43,7 @@ _NAMES = {
     "compile_regex": "automata",
     "token_bytes": "automata",
     "short_words": "words",
+    "llamppl_short_words": "words",
     "at_boundaries": "units",
 }
 

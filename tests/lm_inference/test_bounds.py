@@ -83,7 +83,7 @@ def test_rejection_samples_match_sigma():
 
 def test_errors():
     target, en = tiny(True)
-    with pytest.raises(ValueError, match="exact_samples must be"):
+    with pytest.raises(ValueError, match="exact_samples must have shape"):
         bidirectional_bounds(jax.random.key(0), target, np.zeros((4, 2), int), 4)
     with pytest.raises(ValueError, match="num_runs"):
         bidirectional_bounds(jax.random.key(0), target, en.sequences[:2], 4, num_runs=5)

@@ -243,3 +243,23 @@ def test_cli_end_to_end_embedded_model(tmp_path):
     assert np.isfinite(b["bounds"][0]["upper"][0])
     # the twist was trained on the embedded model for T = 4
     assert main(["sample", *common, "--num-tokens", "5", "--particles", "4"]) == 2
+
+
+def test_cli_programmable_target_options(tmp_path):
+    """--regex, --json-schema, --short-words, --intersect and --forced-eos build the target's
+    potential (combined by product) on the embedded model; every weighted sample satisfies the
+    constraints."""
+    import re
+
+    common = ["--prompt", "ROMEO.\n", "--num-tokens", "6", "--quiet", "--particles", "8"]
+    out = run(["sample", *common, "--regex", r"[A-Z][a-z ]*", "--short-words", "4",
+               "--intersect", "JULIET.\n", "--intersect-beta", "0.5"])
+    texts = [t for t, w in zip(out["text"], out["weights"], strict=True) if w > 0]
+    assert texts and all(re.fullmatch(r"[A-Z][a-z ]*", t) for t in texts)
+    assert all(max(map(len, t.split()), default=0) <= 4 for t in texts)
+    schema = tmp_path / "s.json"
+    schema.write_text('{"type": "boolean"}')
+    out = run(["sample", *common, "--json-schema", str(schema), "--forced-eos"])
+    texts = [t for t, w in zip(out["text"], out["weights"], strict=True) if w > 0]
+    assert texts and set(texts) <= {"true", "false"}
+    assert main(["sample", *common, "--regex", "(a"]) == 2  # a bad pattern: a clear error

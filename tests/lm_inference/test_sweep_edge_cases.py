@@ -85,3 +85,18 @@ def test_new_prompt_of_same_length_does_not_recompile():
     assert fn._cache_size() == before == 1
     smc(jax.random.key(1), Target(lm, [1, 1, 1], 3, pot), 8)  # another length: one new trace
     assert fn._cache_size() == 2
+
+
+@pytest.mark.parametrize("defer", [True, False])
+def test_defer_eos_keeps_final_weights_and_is_unbiased(defer):
+    from lm_inference import exact
+    from tests.lm_inference.potentials._common import z_unbiased
+
+    lm = text_lm(0)
+    target = Target(lm, [0], 4, potentials.regex(lm, r"(a|b)+( a)?\.?"))
+    log_Z = float(exact.enumerate_target(target).log_Z)
+    a = smc(jax.random.key(3), target, 16, ess_threshold=0.0, defer_eos=defer)
+    b = smc(jax.random.key(3), target, 16, ess_threshold=0.0, defer_eos=not defer)
+    np.testing.assert_allclose(a.log_weights, b.log_weights, rtol=1e-5)  # same final weights
+    z = z_unbiased(target, 4, 2000, 4 + defer, log_Z, ess_threshold=1.0, defer_eos=defer)
+    assert abs(z) < 4  # z-score

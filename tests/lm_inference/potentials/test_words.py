@@ -30,3 +30,21 @@ def test_short_words_mask_equals_host_definition_and_unbiased():
     q, eqw, Z = exact_identity(target)
     np.testing.assert_allclose([q, eqw], [1.0, Z], rtol=1e-5)
     assert abs(z_unbiased(target, 4, 2000, 0, float(np.log(Z)))) < 4  # z-score
+
+
+def test_llamppl_rule_matches_host_reference_on_every_sequence():
+    """The on-device state machine equals LLaMPPL's rule evaluated on the decoded text, for every
+    enumerated sequence of a vocabulary with spaces, multi-word and punctuation tokens."""
+    from lm_inference.potentials.words import llamppl_allowed, llamppl_short_words
+
+    strs = ["ab", "b", "abc", " ", " ab", "a b", None, ".", "abab", "\n"]  # 6: the EOS id
+    lm = text_lm(0, vocab_size=len(strs))
+    pot = llamppl_short_words(lm, 3, tokens=strs)
+    target = Target(lm, [0], 3, pot, eos_token_id=-1)
+    en = exact.enumerate_target(target)
+    for seq, lp in zip(np.asarray(en.sequences), np.asarray(en.log_phi), strict=True):
+        text, ok = "", True
+        for s in seq:
+            ok = ok and llamppl_allowed(text, strs[s], 3)
+            text += strs[s] or ""
+        assert ok == np.isfinite(lp), (seq, text)
