@@ -62,9 +62,10 @@ def main(argv=None):
     compile_s, new_prompt_s = {}, {}
     for k, tg in targets.items():
         compile_s[k] = timed(lambda tg=tg: lm_inference.smc(jax.random.key(0), tg, N).log_Z)
-        other = lm_inference.Target(lm, "JULIET\n", T, pots[k])  # another prompt
-        if other.prompt_ids.shape == tg.prompt_ids.shape:
-            new_prompt_s[k] = timed(lambda o=other: lm_inference.smc(jax.random.key(1), o, N).log_Z)
+        ids = np.asarray(tg.prompt_ids).copy()
+        ids[0] = (ids[0] + 1) % lm.vocab_size  # another prompt of the same length
+        other = lm_inference.Target(lm, ids, T, pots[k])
+        new_prompt_s[k] = timed(lambda o=other: lm_inference.smc(jax.random.key(1), o, N).log_Z)
     times = {k: [] for k in targets}
     for r in range(repeats):
         for k, tg in targets.items():

@@ -48,7 +48,7 @@ def main(argv=None):
     print(f"N = {n}, T = 32: log Z_hat = {float(r.log_Z):.2f} ({secs:.1f} s with compilation), "
           f"{alive.sum()}/{n} particles matched")
     texts = target.decode(r.samples)
-    for t in sorted(set(np.array(texts)[alive]))[:4]:
+    for t in sorted(set(np.array(texts)[alive].tolist()))[:4]:
         print("  ", repr(t))
     assert all(__import__("re").fullmatch(PATTERN, t) for t in np.array(texts)[alive])
 

@@ -83,7 +83,12 @@ def test_composition_is_sum_of_parts_and_exact(case):
     np.testing.assert_allclose([q, eqw], [1.0, Z], rtol=2e-5)
 
 
-@pytest.mark.parametrize("case", CASES[::5], ids=lambda c: "-".join(c))
+@pytest.mark.parametrize(
+    "case",
+    [c if i % 15 == 0 else pytest.param(c, marks=pytest.mark.slow) for i, c in
+     enumerate(CASES) if i % 5 == 0],
+    ids=lambda c: "-".join(c),
+)
 def test_composition_smc_unbiased(case):
     target = Target(LM, [0], T, _build(*case))
     log_Z = float(exact.enumerate_target(target).log_Z)
