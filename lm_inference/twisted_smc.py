@@ -40,6 +40,7 @@ and potential / twist states are gathered along the particle axis. :func:`smc` a
 step function (:class:`_Sweep`).
 """
 
+import functools
 import warnings
 from collections.abc import Callable
 from typing import NamedTuple
@@ -385,7 +386,9 @@ def _build(target: Target, twist, n: int, scheme, ess_threshold: float, cond: bo
     return jax.jit(sweep)
 
 
-_SCHEMES = {**resampling.SCHEMES}
+# the sweep always passes log weights: skip the schemes' probability-vector misuse check, whose
+# host callback under ``vmap`` (``smc_runs``, bounds) costs more compile time than the sweep
+_SCHEMES = {k: functools.partial(v, check=False) for k, v in resampling.SCHEMES.items()}
 
 
 def _every(resample_every):
