@@ -126,7 +126,7 @@ def log_value(pot: Potential, tokens: Array, prompt: Array | None = None, eos: i
         x_new, upd = pot.update_batch(pot.params, x, s, t)
         inc = inc if upd is None else inc + upd
         total = jnp.where(done, total, total + inc)
-        x = jax.tree.map(lambda a, b: jnp.where(_bcast(done, a), a, b), x, x_new)
+        x = jax.tree.map(lambda a, b, d=done: jnp.where(_bcast(d, a), a, b), x, x_new)
         done = done | (s == eos)
     c = pot.complete_batch(pot.params, x, tokens[None])
     return (total if c is None else total + c)[0]

@@ -1,6 +1,5 @@
 """The sweep's handling of dead particles, bad potential outputs and prompts as arguments."""
 
-import warnings
 
 import jax
 import jax.numpy as jnp
