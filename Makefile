@@ -17,8 +17,9 @@ $(STAMP): $(PY) pyproject.toml
 demo: $(STAMP)
 	$(PY) examples/quickstart.py
 
+# two workers (CI has 2 cores); the slowest tests are listed at the end of the run
 test: $(STAMP)
-	$(PY) -m pytest -m "not slow" -q
+	$(PY) -m pytest -m "not slow" -q -n 2 --durations=15
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow -q

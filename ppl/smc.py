@@ -554,7 +554,7 @@ class TemperedSMC:
             conditional_resampling=resampling.conditional_multinomial if path else None,
             mesh=self._mesh,
         )
-        idx = resampling.systematic(k_res, res.log_weights, n)
+        idx = resampling.unchecked(resampling.systematic)(k_res, res.log_weights, n)
         u, _, acc = self._move(
             k_move,
             res.particles.u[idx],

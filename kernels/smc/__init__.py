@@ -9,6 +9,7 @@ _SUBMODULES = (
     "tempering",
     "annealing",
     "twisted",
+    "potential",
     "estimators",
     "sharding",
 )

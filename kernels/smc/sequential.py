@@ -103,7 +103,7 @@ def resample(
     shard = sharding.constrain_fn(mesh)
 
     def yes(key, x, log_w):
-        anc = scheme(key, log_w, n).astype(jnp.int32)
+        anc = rs.unchecked(scheme)(key, log_w, n).astype(jnp.int32)
         after = jnp.full_like(log_w, jax.nn.logsumexp(log_w) - jnp.log(n))
         return shard(gather(x, anc)), after, anc
 

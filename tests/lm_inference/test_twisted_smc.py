@@ -88,3 +88,20 @@ def test_errors():
         smc(jax.random.key(0), target, 4, reference=jnp.zeros(5, jnp.int32))
     with pytest.raises(TypeError, match="Target"):
         smc(jax.random.key(0), "target", 4)
+
+
+def test_conditional_smc_uses_the_exact_conditional_schemes():
+    """Regression: wrapping a scheme (e.g. ``functools.partial(systematic, check=False)``) made
+    ``resampling.conditional`` fall back to ``A_0 = 0`` plus the plain scheme on ``N - 1``
+    points, which is not systematic resampling's conditional law (E[1 / Z_hat] != 1 / Z)."""
+    from kernels.smc import resampling
+    from lm_inference import twisted_smc as ts
+
+    exact = {
+        "multinomial": resampling.conditional_multinomial,
+        "systematic": resampling.conditional_systematic,
+        "stratified": resampling.conditional_stratified,
+        "residual": resampling.conditional_residual,
+    }
+    for name, scheme in exact.items():
+        assert ts._conditional(ts._SCHEMES[name]) is scheme

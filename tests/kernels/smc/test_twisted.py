@@ -132,7 +132,7 @@ def test_no_resampling_is_iwae():
                     k, n, PSI_BAD, "base", reference=reference, ess_threshold=0.0
                 )
             )(jax.random.key(3))
-            toks = np.asarray(res.particles["tokens"])
+            toks = np.asarray(res.samples)
             assert not np.any(res.resampled)
             # log sigma_tilde - log q with q = p0: log phi
             log_w = np.log(PHI[toks[:, 0], toks[:, 1]])
