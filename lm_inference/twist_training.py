@@ -15,7 +15,11 @@ proposal; sample weights are constants (stop-gradient).
 - ``"sixo"`` (Lawson et al. 2022): logistic classification of ``sigma`` samples (label 1) against
   ``p0`` samples (label 0) with logit ``log psi_t``.
 - ``"fudge"`` (Yang and Klein 2021): binary cross-entropy of ``psi_t`` against the label
-  ``phi(s) in [0, 1]`` on ``p0`` samples (``psi_t`` estimates ``P(phi = 1 | s_{1:t})``).
+  ``phi(s) in [0, 1]`` on ``p0`` samples (``psi_t`` estimates ``P(phi = 1 | s_{1:t})``). The twist
+  is a probability, ``log psi = log sigmoid(f)`` (:func:`lm_inference.twists.probability_twist`),
+  in the loss and in the returned twist: a ``log psi`` clipped at 0 in the loss only let the
+  gradient push ``f`` far above 0 on prefixes whose every label is 1 (``log psi = +15``,
+  proposals repeating the rewarded word, log Z -68 where the truth is -4.8).
 - ``"rl"`` (soft Q-learning in log space): squared soft-Bellman residual
   ``(log psi_t(s_{1:t}) - sg[log sum_v p0(v | s_{1:t}) psi_{t+1}(s_{1:t}, v)])^2``, and
   ``(log psi_T - log phi)^2`` at the last step, on proposal draws.
@@ -48,6 +52,7 @@ from lm_inference.twists import (
     check_record,
     head_twist,
     load_params,
+    probability_twist,
     read_record,
     save_params,
     twist_record,
@@ -127,10 +132,10 @@ def twist_loss(
         neg_term = jnp.mean(jnp.sum(jax.nn.log_sigmoid(-ln) * tn.active, 1))
         return -(pos_term + neg_term)
     if method == "fudge":
-        x = _at(_all_log_psi(apply, params, tn, sn), sn)
-        ln = x - jax.lax.stop_gradient(jnp.maximum(x + 1e-4, 0.0))  # log psi <= 0, gradient kept
+        ln = _at(_all_log_psi(apply, params, tn, sn), sn)  # log sigmoid: <= 0
         y = jnp.clip(jnp.exp(tn.log_phi), 0.0, 1.0)[:, None]
-        bce = y * ln + (1 - y) * jnp.log(-jnp.expm1(ln))
+        # log(1 - psi); the clip only guards log(0) where sigmoid rounds to 1 in float32
+        bce = y * ln + (1 - y) * jnp.log(-jnp.expm1(jnp.minimum(ln, -1e-6)))
         return -jnp.mean(jnp.sum(bce * tn.active, 1))
     if method == "rl":
         lpsi_all = _all_log_psi(apply, params, tn, sn)
@@ -213,6 +218,8 @@ def train_twist(
         twist = head_twist(
             k_init, target.lm.hidden_size, target.lm.vocab_size, target.num_tokens, kind=kind
         )
+    if method == "fudge":
+        twist = probability_twist(twist)
     optimizer = optax.adam(learning_rate) if optimizer is None else optimizer
     params = twist.params
     opt_state = optimizer.init(params)

@@ -43,6 +43,7 @@ __all__ = [
     "TwistHead",
     "head_twist",
     "conditional_head_twist",
+    "probability_twist",
     "zero_twist",
     "save_params",
     "load_params",
@@ -201,6 +202,23 @@ def conditional_head_twist(
     return Twist(apply, (state, jnp.zeros(context_size, jnp.float32)))
 
 
+def probability_twist(twist: Twist) -> Twist:
+    """``log psi = log sigmoid(f)`` for the twist's output ``f``: a twist that is a probability,
+    ``psi in (0, 1)`` (FUDGE's classifier ``P(phi = 1 | s_{1:t})``). Recorded in checkpoints as
+    ``head["output"] = "log_sigmoid"``, so :func:`load_twist` rebuilds the same function."""
+    spec = getattr(twist.apply, "spec", None)
+    if spec is not None and spec.get("output") == "log_sigmoid":
+        return twist
+    inner = twist.apply
+
+    def apply(params, hidden, tokens, t):
+        return jax.nn.log_sigmoid(inner(params, hidden, tokens, t))
+
+    if spec is not None:
+        apply.spec = {**spec, "output": "log_sigmoid"}
+    return Twist(apply, twist.params)
+
+
 def _head_spec(hidden_size, vocab_size, num_tokens, kind, width, context_size, prefix_size):
     """What a checkpoint records about a :class:`TwistHead` (``Twist.apply.spec``)."""
     return {
@@ -266,6 +284,8 @@ def _describe(x, depth: int = 0) -> str:
         return repr(x)
     if isinstance(x, np.generic):
         return repr(x.item())
+    if isinstance(x, types.ModuleType):  # e.g. jnp in a closure (it has .shape and .dtype)
+        return f"<module {x.__name__}>"
     if hasattr(x, "shape") and hasattr(x, "dtype"):
         shape = tuple(int(d) for d in x.shape)
         size = int(np.prod(shape)) if shape else 1
@@ -640,6 +660,8 @@ def load_twist(
             width=head.get("width") or 128,
             prefix_size=head.get("prefix_size", 0),
         )
+    if ((saved or {}).get("head") or {}).get("output") == "log_sigmoid":
+        twist = probability_twist(twist)  # trained as a probability (FUDGE)
     expected = twist_record(target, twist, potential)
     check_record(saved, expected, path, allow)
     params = load_params(path, {"params": twist.params})["params"]

@@ -88,3 +88,30 @@ def test_resume_for_another_target_raises(tmp_path):
     with pytest.warns(UserWarning, match="nothing to train"):
         res = train_twist(jax.random.key(0), target, **kw)
     assert res.losses.size == 0
+
+
+def test_fudge_twist_is_a_probability_and_reloads_as_trained(tmp_path):
+    """FUDGE's psi_t estimates P(phi = 1 | s_1:t) <= 1. A loss that clipped log psi at 0 but let
+    the gradient through drove log psi far above 0 on prefixes whose every label is 1 (the
+    issue's +15): on this indicator target the old loss gave max log psi = +538.8 (negative
+    control, run once by hand with the same seeds). The checkpoint reloads (load_twist, also
+    with a head passed as the CLI does) as the same function."""
+    import jax.numpy as jnp
+
+    from lm_inference import twisted_smc
+    from lm_inference.tabular import TabularLM
+    from lm_inference.target import Target
+    from lm_inference.twists import load_twist
+
+    lm = TabularLM(jax.random.key(0), vocab_size=4, eos_token_id=3)
+    target = Target(lm, [0, 1], 3, lambda s: jnp.where(jnp.any(s == 1), 0.0, -jnp.inf))
+    ck = tmp_path / "fudge.safetensors"
+    res = train_twist(jax.random.key(24), target, "fudge", num_steps=60, learning_rate=0.03,
+                      checkpoint=ck, progress=False)
+    samples = twisted_smc.smc(jax.random.key(25), target, 64, ess_threshold=0.0).samples
+    lpsi = np.asarray(twisted_smc.teacher_force(target, samples, res.twist).log_psi)
+    assert np.all(lpsi <= 0.0), lpsi.max()
+    for head in (None, head_twist(jax.random.key(0), lm.hidden_size, lm.vocab_size, 3)):
+        back = load_twist(ck, target, twist=head)
+        again = np.asarray(twisted_smc.teacher_force(target, samples, back).log_psi)
+        np.testing.assert_allclose(again, lpsi, atol=1e-6)
