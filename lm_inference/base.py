@@ -16,9 +16,7 @@ is ``reorder_cache(cache, ancestors)`` and sharing one prompt's prefill among ``
 
 from typing import Any, NamedTuple, Protocol
 
-import jax
-import jax.numpy as jnp
-
+from kernels.smc import sequential
 from kernels.types import Array, ArrayTree
 
 
@@ -52,12 +50,12 @@ class LanguageModel(Protocol):
 
 
 def reorder_cache(cache: ArrayTree, ancestors: Array) -> ArrayTree:
-    """Gather every cache leaf along its leading (particle) axis: ``leaf[ancestors]``."""
-    return jax.tree.map(lambda x: jnp.take(x, ancestors, axis=0), cache)
+    """Gather every cache leaf along its leading (particle) axis: ``leaf[ancestors]``
+    (:func:`kernels.smc.sequential.gather`)."""
+    return sequential.gather(cache, ancestors)
 
 
 def broadcast_cache(cache: ArrayTree, num_particles: int) -> ArrayTree:
-    """Repeat a batch-1 cache (one prompt's prefill) for ``num_particles`` particles."""
-    return jax.tree.map(
-        lambda x: jnp.broadcast_to(x, (num_particles,) + x.shape[1:]) if x.ndim else x, cache
-    )
+    """Repeat a batch-1 cache (one prompt's prefill) for ``num_particles`` particles
+    (:func:`kernels.smc.sequential.broadcast`)."""
+    return sequential.broadcast(cache, num_particles)

@@ -20,6 +20,7 @@ _NAMES = {
     "SMCResult": "sequential",
     "run": "sequential",
     "gather": "sequential",
+    "broadcast": "sequential",
     "clamp_first": "sequential",
     "normalize": "resampling",
     "ess": "resampling",

@@ -73,6 +73,15 @@ def gather(particles: ArrayTree, ancestors: Array) -> ArrayTree:
     return jax.tree.map(lambda x: jnp.take(x, ancestors, axis=0), particles)
 
 
+def broadcast(particles: ArrayTree, num_particles: int) -> ArrayTree:
+    """Repeat a batch-1 pytree (e.g. one prompt's prefill) to ``num_particles`` along axis 0
+    (scalar leaves are kept)."""
+    return jax.tree.map(
+        lambda x: jnp.broadcast_to(x, (num_particles,) + x.shape[1:]) if jnp.ndim(x) else x,
+        particles,
+    )
+
+
 def resample(
     key: PRNGKey,
     particles: ArrayTree,

@@ -54,7 +54,7 @@ import jax.numpy as jnp
 
 from kernels.smc import resampling as rs
 from kernels.smc.potential import Potential, PotentialError, as_potential
-from kernels.smc.sequential import gather
+from kernels.smc.sequential import broadcast, gather
 from kernels.types import Array, ArrayTree, PRNGKey
 
 __all__ = [
@@ -268,10 +268,6 @@ def _at(x, s):
     return jnp.take_along_axis(x, s[:, None], axis=1)[:, 0]
 
 
-def _broadcast(tree, n):
-    return jax.tree.map(lambda x: jnp.broadcast_to(x, (n,) + x.shape[1:]) if jnp.ndim(x) else x, tree)
-
-
 def _float():
     return jnp.result_type(float)
 
@@ -345,7 +341,7 @@ class Sweep:
         out, cache = self.model.prefill(
             params, prompt[None], jnp.ones((1, plen), jnp.int32), plen + self.T + extra
         )
-        cache, out = _broadcast(cache, n), _broadcast(out, n)
+        cache, out = broadcast(cache, n), broadcast(out, n)
         pstate = () if self.pot is None else self.pot.init_batch(pparams, prompt, n, self.T)
         tstate = self.twist.init_batch(tparams, prompt, n, self.T) if self.critic else ()
         zeros = jnp.zeros(n, _float())
