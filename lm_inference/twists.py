@@ -207,13 +207,14 @@ def probability_twist(twist: Twist) -> Twist:
     ``psi in (0, 1)`` (FUDGE's classifier ``P(phi = 1 | s_{1:t})``). Recorded in checkpoints as
     ``head["output"] = "log_sigmoid"``, so :func:`load_twist` rebuilds the same function."""
     spec = getattr(twist.apply, "spec", None)
-    if spec is not None and spec.get("output") == "log_sigmoid":
-        return twist
+    if getattr(twist.apply, "log_sigmoid", False) or (spec or {}).get("output") == "log_sigmoid":
+        return twist  # already a probability (also without a spec): never wrapped twice
     inner = twist.apply
 
     def apply(params, hidden, tokens, t):
         return jax.nn.log_sigmoid(inner(params, hidden, tokens, t))
 
+    apply.log_sigmoid = True
     if spec is not None:
         apply.spec = {**spec, "output": "log_sigmoid"}
     return Twist(apply, twist.params)

@@ -115,3 +115,16 @@ def test_fudge_twist_is_a_probability_and_reloads_as_trained(tmp_path):
         back = load_twist(ck, target, twist=head)
         again = np.asarray(twisted_smc.teacher_force(target, samples, back).log_psi)
         np.testing.assert_allclose(again, lpsi, atol=1e-6)
+
+
+def test_probability_twist_is_idempotent_without_a_spec():
+    import jax.numpy as jnp
+
+    from lm_inference.twists import Twist, probability_twist
+
+    tw = Twist(lambda p, h, tok, t: jnp.full((1, 4), p), jnp.float32(2.0))  # no .spec
+    once, twice = probability_twist(tw), probability_twist(probability_twist(tw))
+    args = (jnp.zeros((1, 3)), jnp.zeros((1, 3), jnp.int32), 0)
+    np.testing.assert_allclose(twice.apply(twice.params, *args), once.apply(once.params, *args))
+    np.testing.assert_allclose(once.apply(once.params, *args), np.log(1 / (1 + np.exp(-2.0))),
+                               rtol=1e-6)
