@@ -3,36 +3,28 @@
 Each module's parameters live under Hugging Face's own names and layouts, so a checkpoint loads by
 name (:mod:`lm_inference.loading`), and its ``__call__(tokens, positions, layers, valid, start)``
 returns ``(final hidden states, updated per-layer KV cache)`` (:mod:`lm_inference.models.layers`).
+
+Adding an architecture is declarative: a module in this package defines
+``ARCHITECTURES = {model_type: Architecture(...)}`` stating its class, what it covers and its
+dimensions; the registry collects every module's table (nothing else changes).
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import NamedTuple
+import pkgutil
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 __all__ = [
     "SUPPORTED_ARCHITECTURES",
     "UnsupportedArchitectureError",
+    "Architecture",
     "Dims",
     "module_class",
     "dims",
+    "registry",
 ]
-
-# model_type -> (module, class, what it covers)
-_REGISTRY = {
-    "gpt2": ("lm_inference.models.gpt2", "GPT2LMHeadModel", "GPT-2"),
-    "gpt_neo": ("lm_inference.models.gpt_neo", "GPTNeoForCausalLM", "GPT-Neo (TinyStories)"),
-    "llama": ("lm_inference.models.llama", "LlamaForCausalLM", "Llama 2/3, SmolLM"),
-    "mistral": ("lm_inference.models.llama", "LlamaForCausalLM", "Mistral"),
-    "qwen2": ("lm_inference.models.llama", "LlamaForCausalLM", "Qwen2"),
-}
-
-#: ``model_type -> description`` of every architecture :func:`lm_inference.load` accepts.
-SUPPORTED_ARCHITECTURES = {k: v[2] for k, v in _REGISTRY.items()}
-
-
-class UnsupportedArchitectureError(ValueError):
-    """A checkpoint whose ``model_type`` has no JAX implementation here."""
 
 
 class Dims(NamedTuple):
@@ -47,43 +39,78 @@ class Dims(NamedTuple):
     max_positions: int
 
 
-def _check(config) -> str:
+class Architecture(NamedTuple):
+    """One ``model_type``: its nnx module class, a description, and its :class:`Dims`."""
+
+    module: Any  # nnx.Module subclass: ``cls(config, dtype)``
+    description: str
+    dims: Callable[[Any], Dims]
+
+
+def decoder_dims(config) -> Dims:
+    """:class:`Dims` of the common decoder config (``num_hidden_layers``, ``num_attention_heads``,
+    ``num_key_value_heads``, optional ``head_dim``, ``max_position_embeddings``)."""
+    heads = config.num_attention_heads
+    return Dims(
+        config.num_hidden_layers,
+        heads,
+        getattr(config, "num_key_value_heads", None) or heads,
+        getattr(config, "head_dim", None) or config.hidden_size // heads,
+        config.hidden_size,
+        config.vocab_size,
+        config.max_position_embeddings,
+    )
+
+
+_NOT_ARCHITECTURES = {"layers"}
+_registry: dict[str, Architecture] | None = None
+
+
+def registry() -> dict[str, Architecture]:
+    """``model_type -> Architecture`` collected from every module of this package."""
+    global _registry
+    if _registry is None:
+        table: dict[str, Architecture] = {}
+        for info in pkgutil.iter_modules(__path__):
+            if info.name in _NOT_ARCHITECTURES or info.name.startswith("_"):
+                continue
+            mod = importlib.import_module(f"{__name__}.{info.name}")
+            for key, arch in getattr(mod, "ARCHITECTURES", {}).items():
+                if key in table:
+                    raise RuntimeError(f"model_type {key!r} is registered twice ({info.name})")
+                table[key] = arch
+        _registry = dict(sorted(table.items()))
+    return _registry
+
+
+class UnsupportedArchitectureError(ValueError):
+    """A checkpoint whose ``model_type`` has no JAX implementation here."""
+
+
+def _check(config) -> Architecture:
     model_type = getattr(config, "model_type", None)
-    if model_type not in _REGISTRY:
-        supported = ", ".join(f"{k} ({v})" for k, v in SUPPORTED_ARCHITECTURES.items())
+    table = registry()
+    if model_type not in table:
+        supported = ", ".join(f"{k} ({v.description})" for k, v in table.items())
         archs = getattr(config, "architectures", None)
         raise UnsupportedArchitectureError(
             f"architecture {model_type!r}{f' {archs}' if archs else ''} is not supported; "
             f"supported model types: {supported}."
         )
-    return model_type
+    return table[model_type]
 
 
 def module_class(config):
     """The nnx module class implementing ``config.model_type``."""
-    mod, cls, _ = _REGISTRY[_check(config)]
-    return getattr(importlib.import_module(mod), cls)
+    return _check(config).module
 
 
 def dims(config) -> Dims:
     """:class:`Dims` read from a Hugging Face config."""
-    model_type = _check(config)
-    if model_type == "gpt2":
-        h, n = config.n_embd, config.n_head
-        return Dims(config.n_layer, n, n, h // n, h, config.vocab_size, config.n_positions)
-    if model_type == "gpt_neo":
-        h, n = config.hidden_size, config.num_heads
-        return Dims(
-            config.num_layers, n, n, h // n, h, config.vocab_size, config.max_position_embeddings
-        )
-    from lm_inference.models.llama import head_dim
+    return _check(config).dims(config)
 
-    return Dims(
-        config.num_hidden_layers,
-        config.num_attention_heads,
-        config.num_key_value_heads or config.num_attention_heads,
-        head_dim(config),
-        config.hidden_size,
-        config.vocab_size,
-        config.max_position_embeddings,
-    )
+
+def __getattr__(name):
+    if name == "SUPPORTED_ARCHITECTURES":  # ``model_type -> description``, built on first use
+        return {k: v.description for k, v in registry().items()}
+    raise AttributeError(name)

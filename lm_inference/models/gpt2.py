@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from kernels.types import Array
+from lm_inference.models import Architecture, Dims
 from lm_inference.models.layers import (
     Conv1D,
     Embedding,
@@ -22,7 +23,7 @@ from lm_inference.models.layers import (
     write_kv,
 )
 
-__all__ = ["GPT2LMHeadModel"]
+__all__ = ["GPT2LMHeadModel", "ARCHITECTURES"]
 
 
 class GPT2Attention(nnx.Module):
@@ -100,3 +101,11 @@ class GPT2LMHeadModel(nnx.Module):
         if self.lm_head is None:
             return self.transformer.wte.attend(hidden)
         return self.lm_head(hidden)
+
+
+def _dims(config) -> Dims:
+    h, n = config.n_embd, config.n_head
+    return Dims(config.n_layer, n, n, h // n, h, config.vocab_size, config.n_positions)
+
+
+ARCHITECTURES = {"gpt2": Architecture(GPT2LMHeadModel, "GPT-2", _dims)}

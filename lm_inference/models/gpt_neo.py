@@ -10,6 +10,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
+from lm_inference.models import Architecture, Dims
 from lm_inference.models.gpt2 import GPT2Block, GPT2LMHeadModel
 from lm_inference.models.layers import (
     Embedding,
@@ -21,7 +22,7 @@ from lm_inference.models.layers import (
     write_kv,
 )
 
-__all__ = ["GPTNeoForCausalLM"]
+__all__ = ["GPTNeoForCausalLM", "ARCHITECTURES"]
 
 
 class GPTNeoSelfAttention(nnx.Module):
@@ -90,3 +91,13 @@ class GPTNeoForCausalLM(GPT2LMHeadModel):
         self.transformer = GPTNeoModel(config, dtype)
         tied = getattr(config, "tie_word_embeddings", True)
         self.lm_head = None if tied else Linear(config.hidden_size, config.vocab_size, False, dtype)
+
+
+def _dims(config) -> Dims:
+    h, n = config.hidden_size, config.num_heads
+    return Dims(
+        config.num_layers, n, n, h // n, h, config.vocab_size, config.max_position_embeddings
+    )
+
+
+ARCHITECTURES = {"gpt_neo": Architecture(GPTNeoForCausalLM, "GPT-Neo (TinyStories)", _dims)}

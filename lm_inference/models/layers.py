@@ -199,11 +199,15 @@ def rope_inverse_frequencies(config, head_dim: int) -> np.ndarray:
     )
 
 
-def apply_rope(x: Array, positions: Array, inv_freq: Array) -> Array:
-    """Rotate ``x [B, T, H, D]`` by ``positions [B, T]`` (half-split layout of ``rotate_half``)."""
+def apply_rope(x: Array, positions: Array, inv_freq: Array, scale: float = 1.0) -> Array:
+    """Rotate the first ``2 len(inv_freq)`` dims of ``x [B, T, H, D]`` by ``positions [B, T]``
+    (half-split layout of ``rotate_half``), ``cos`` and ``sin`` times ``scale`` (longrope's
+    attention factor); the other dims pass through (partial rotary)."""
     ang = positions[..., None].astype(jnp.float32) * inv_freq  # [B, T, D_rot / 2]
     cos = jnp.concatenate([jnp.cos(ang)] * 2, -1)[:, :, None, :]
     sin = jnp.concatenate([jnp.sin(ang)] * 2, -1)[:, :, None, :]
+    if scale != 1.0:
+        cos, sin = cos * scale, sin * scale
     rot = cos.shape[-1]
     xr, xp = x[..., :rot].astype(jnp.float32), x[..., rot:]
     half = rot // 2

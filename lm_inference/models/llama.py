@@ -9,6 +9,16 @@ grouped-query attention (``num_key_value_heads`` <= ``num_attention_heads``), Sw
 | llama | ``attention_bias`` | ``attention_bias`` | none |
 | mistral | no | no | ``sliding_window`` on every layer (when set) |
 | qwen2 | yes | no | on the layers ``layer_types`` marks ``sliding_attention`` |
+
+Further variants subclass these modules in their own files through three hooks:
+:meth:`LlamaAttention.heads` (the pre-rope q, k, v), :meth:`LlamaAttention.rotate` (rope on q, k)
+and ``LlamaForCausalLM.layer_class`` (the decoder block, built as ``cls(config, layer, dtype)``):
+
+| model_type | module | what differs |
+|---|---|---|
+| qwen3 | :mod:`~lm_inference.models.qwen3` | RMSNorm per head on q and k, before rope; explicit ``head_dim`` |
+| olmo2 | :mod:`~lm_inference.models.olmo2` | norms after attention and MLP (none before); RMSNorm on the whole q and k projections |
+| smollm3 | :mod:`~lm_inference.models.smollm3` | no rope on the layers where ``no_rope_layers[i] == 0`` |
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from kernels.types import Array
+from lm_inference.models import Architecture, decoder_dims
 from lm_inference.models.layers import (
     Embedding,
     Linear,
@@ -29,7 +40,16 @@ from lm_inference.models.layers import (
     write_kv,
 )
 
-__all__ = ["LlamaForCausalLM", "layer_windows", "head_dim"]
+__all__ = [
+    "LlamaForCausalLM",
+    "LlamaModel",
+    "LlamaDecoderLayer",
+    "LlamaAttention",
+    "LlamaMLP",
+    "layer_windows",
+    "head_dim",
+    "ARCHITECTURES",
+]
 
 
 def head_dim(config) -> int:
@@ -60,24 +80,37 @@ def _biases(config) -> tuple[bool, bool, bool]:
 
 
 class LlamaAttention(nnx.Module):
-    def __init__(self, config, window: int | None, dtype):
+    """``o_proj(attend(rope(q), rope(k), v))`` over the cache, windowed as :func:`layer_windows`."""
+
+    def __init__(self, config, layer: int, dtype):
         h, d = config.hidden_size, head_dim(config)
         self.num_heads, self.num_kv = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim = d
         qkv_bias, o_bias, _ = _biases(config)
         self.q_proj = Linear(h, self.num_heads * d, qkv_bias, dtype)
         self.k_proj = Linear(h, self.num_kv * d, qkv_bias, dtype)
         self.v_proj = Linear(h, self.num_kv * d, qkv_bias, dtype)
         self.o_proj = Linear(self.num_heads * d, h, o_bias, dtype)
-        self.window = window
+        self.window = layer_windows(config)[layer]
         self.scale = d**-0.5
 
-    def __call__(self, x, positions, inv_freq, cache, valid, start):
+    def heads(self, x: Array) -> tuple[Array, Array, Array]:
+        """``q [B, T, H, D]`` and ``k, v [B, T, H_kv, D]`` before rope."""
         b, t, _ = x.shape
-        q = apply_rope(self.q_proj(x).reshape(b, t, self.num_heads, -1), positions, inv_freq)
-        k = apply_rope(self.k_proj(x).reshape(b, t, self.num_kv, -1), positions, inv_freq)
-        v = self.v_proj(x).reshape(b, t, self.num_kv, -1)
+        q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
+        k = self.k_proj(x).reshape(b, t, self.num_kv, self.head_dim)
+        v = self.v_proj(x).reshape(b, t, self.num_kv, self.head_dim)
+        return q, k, v
+
+    def rotate(self, q: Array, k: Array, positions: Array, inv_freq: Array) -> tuple[Array, Array]:
+        """Rope on ``q`` and ``k``."""
+        return apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
+
+    def __call__(self, x, positions, inv_freq, cache, valid, start):
+        q, k, v = self.heads(x)
+        q, k = self.rotate(q, k, positions, inv_freq)
         cache = write_kv(cache, k, v, start)
-        mask = attention_mask(valid, start + jnp.arange(t), self.window)
+        mask = attention_mask(valid, start + jnp.arange(x.shape[1]), self.window)
         return self.o_proj(attend(q, cache["k"], cache["v"], mask, self.scale)), cache
 
 
@@ -95,10 +128,14 @@ class LlamaMLP(nnx.Module):
 
 
 class LlamaDecoderLayer(nnx.Module):
-    def __init__(self, config, window: int | None, dtype):
+    """Pre-norm block ``x += attn(input_layernorm(x)); x += mlp(post_attention_layernorm(x))``."""
+
+    attention_class = LlamaAttention  # built as ``cls(config, layer, dtype)``
+
+    def __init__(self, config, layer: int, dtype):
         eps = config.rms_norm_eps
         self.input_layernorm = RMSNorm(config.hidden_size, eps, dtype)
-        self.self_attn = LlamaAttention(config, window, dtype)
+        self.self_attn = self.attention_class(config, layer, dtype)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps, dtype)
         self.mlp = LlamaMLP(config, dtype)
 
@@ -109,18 +146,20 @@ class LlamaDecoderLayer(nnx.Module):
 
 
 class LlamaModel(nnx.Module):
-    def __init__(self, config, dtype):
+    def __init__(self, config, dtype, layer_class=LlamaDecoderLayer):
         self.embed_tokens = Embedding(config.vocab_size, config.hidden_size, dtype)
-        windows = layer_windows(config)
-        self.layers = nnx.List([LlamaDecoderLayer(config, w, dtype) for w in windows])
+        n = config.num_hidden_layers
+        self.layers = nnx.List([layer_class(config, i, dtype) for i in range(n)])
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
 
 
 class LlamaForCausalLM(nnx.Module):
     """Llama-family causal LM; ``__call__`` returns final-norm hidden states and the cache."""
 
+    layer_class = LlamaDecoderLayer  # the decoder block, overridden by the variants
+
     def __init__(self, config, dtype):
-        self.model = LlamaModel(config, dtype)
+        self.model = LlamaModel(config, dtype, self.layer_class)
         tied = getattr(config, "tie_word_embeddings", False)
         self.lm_head = None if tied else Linear(config.hidden_size, config.vocab_size, False, dtype)
         # a constant, not a parameter: a tuple of floats is static (part of the graph definition)
@@ -140,3 +179,10 @@ class LlamaForCausalLM(nnx.Module):
         if self.lm_head is None:
             return self.model.embed_tokens.attend(hidden)
         return self.lm_head(hidden)
+
+
+ARCHITECTURES = {
+    "llama": Architecture(LlamaForCausalLM, "Llama 2/3, SmolLM", decoder_dims),
+    "mistral": Architecture(LlamaForCausalLM, "Mistral", decoder_dims),
+    "qwen2": Architecture(LlamaForCausalLM, "Qwen2", decoder_dims),
+}

@@ -93,10 +93,14 @@ CONFIGS = {
 }
 
 
-def torch_model(name: str, seed: int = 0):
-    """A random-weight transformers model (eager attention, weights ~ N(0, 0.3^2))."""
+def torch_model(name: str, seed: int = 0, factory=None):
+    """A random-weight transformers model (eager attention, weights ~ N(0, 0.3^2)).
+
+    ``factory`` (a config factory) defaults to ``CONFIGS[name]``; test modules of further
+    architectures pass their own.
+    """
     torch.manual_seed(seed)
-    cfg = CONFIGS[name]()
+    cfg = (factory or CONFIGS[name])()
     cfg._attn_implementation = "eager"
     model = T.AutoModelForCausalLM.from_config(cfg).eval()
     with torch.no_grad():
@@ -106,9 +110,9 @@ def torch_model(name: str, seed: int = 0):
 
 
 @functools.cache
-def checkpoint(name: str) -> tuple[str, object]:
+def checkpoint(name: str, factory=None) -> tuple[str, object]:
     """``(folder, torch model)``: the model saved with ``save_pretrained`` (cached per session)."""
-    model = torch_model(name)
+    model = torch_model(name, factory=factory)
     folder = tempfile.mkdtemp(prefix=f"ckpt_{name}_")
     model.save_pretrained(folder)
     return folder, model
@@ -147,3 +151,48 @@ def word_tokenizer(with_pad: bool):
     if with_pad:
         kw["pad_token"] = "<s>"
     return T.PreTrainedTokenizerFast(tokenizer_object=tok, **kw)
+
+
+def _tol(ref):
+    return 1e-4 * max(1.0, float(np.abs(ref).max()))
+
+
+def assert_logits_match(name: str, factory=None):
+    """Full-forward float32 logits of the JAX model == transformers', with left padding.
+
+    Tolerance ``1e-4 * max(1, max |logit|)`` (relative to the logit scale); observed differences
+    are ~1e-6, float32 rounding of a different but exact evaluation order.
+    """
+    import lm_inference
+
+    folder, model = checkpoint(name, factory)
+    lm = lm_inference.load(folder)
+    assert lm.config.model_type == model.config.model_type
+    ids, mask = left_padded_batch()
+    ref = torch_logits(model, ids, mask)
+    out = np.asarray(lm.logits(ids, mask))
+    assert out.shape == ref.shape and out.dtype == np.float32
+    real = mask.astype(bool)  # padded positions are undefined in both implementations
+    np.testing.assert_allclose(out[real], ref[real], rtol=0, atol=_tol(ref))
+    return lm, model
+
+
+def assert_incremental_decoding(name: str, factory=None):
+    """prefill(prompt) then decode_step token by token gives the full pass's logits at each step."""
+    import jax
+    import jax.numpy as jnp
+
+    import lm_inference
+
+    lm = lm_inference.load(checkpoint(name, factory)[0])
+    ids, mask = left_padded_batch(seed=1, length=14)
+    full = np.asarray(lm.logits(ids, mask))
+    p = 8  # every row has >= 1 real prompt token; windows (4, 5) are crossed while decoding
+    out, cache = lm.prefill(lm.params, jnp.asarray(ids[:, :p]), jnp.asarray(mask[:, :p]), 14)
+    np.testing.assert_allclose(np.asarray(out.logits), full[:, p - 1], atol=_tol(full))
+    step = jax.jit(lm.decode_step)
+    for t in range(p, 14):
+        out, cache = step(lm.params, jnp.asarray(ids[:, t]), cache)
+        np.testing.assert_allclose(np.asarray(out.logits), full[:, t], atol=_tol(full))
+    assert out.hidden.shape == (3, lm.hidden_size)
+    assert all(x.shape[0] == 3 for x in jax.tree.leaves(cache))  # batch axis first

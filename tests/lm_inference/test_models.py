@@ -12,43 +12,26 @@ import pytest
 
 import lm_inference
 from lm_inference.base import reorder_cache
-from tests.lm_inference._hf import CONFIGS, checkpoint, left_padded_batch, torch_logits
+from tests.lm_inference._hf import (
+    CONFIGS,
+    assert_incremental_decoding,
+    assert_logits_match,
+    checkpoint,
+    left_padded_batch,
+    torch_logits,
+)
 
 ARCHS = sorted(CONFIGS)
 
 
-def _tol(ref):
-    return 1e-4 * max(1.0, float(np.abs(ref).max()))
-
-
 @pytest.mark.parametrize("name", ARCHS)
 def test_logits_match_transformers_with_left_padding(name):
-    folder, model = checkpoint(name)
-    lm = lm_inference.load(folder)
-    assert lm.config.model_type == model.config.model_type
-    ids, mask = left_padded_batch()
-    ref = torch_logits(model, ids, mask)
-    out = np.asarray(lm.logits(ids, mask))
-    assert out.shape == ref.shape and out.dtype == np.float32
-    real = mask.astype(bool)  # padded positions are undefined in both implementations
-    np.testing.assert_allclose(out[real], ref[real], rtol=0, atol=_tol(ref))
+    assert_logits_match(name)
 
 
 @pytest.mark.parametrize("name", ARCHS)
 def test_incremental_decoding_equals_full_forward(name):
-    """prefill(prompt) then decode_step token by token gives the full pass's logits at each step."""
-    lm = lm_inference.load(checkpoint(name)[0])
-    ids, mask = left_padded_batch(seed=1, length=14)
-    full = np.asarray(lm.logits(ids, mask))
-    p = 8  # every row has >= 1 real prompt token; windows (4, 5) are crossed while decoding
-    out, cache = lm.prefill(lm.params, jnp.asarray(ids[:, :p]), jnp.asarray(mask[:, :p]), 14)
-    np.testing.assert_allclose(np.asarray(out.logits), full[:, p - 1], atol=_tol(full))
-    step = jax.jit(lm.decode_step)
-    for t in range(p, 14):
-        out, cache = step(lm.params, jnp.asarray(ids[:, t]), cache)
-        np.testing.assert_allclose(np.asarray(out.logits), full[:, t], atol=_tol(full))
-    assert out.hidden.shape == (3, lm.hidden_size)
-    assert all(x.shape[0] == 3 for x in jax.tree.leaves(cache))  # batch axis first
+    assert_incremental_decoding(name)
 
 
 @pytest.mark.parametrize("name", ["gpt_neo", "llama3", "mistral"])
