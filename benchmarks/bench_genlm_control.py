@@ -155,17 +155,13 @@ _OURS_LM: dict = {}
 
 
 def ours(model: str, N: int, T: int, ess_threshold: float, repeats: int) -> dict | None:
-    """OUR side of the benchmark: the same target in one jitted sweep. Returns ``None`` (not run)
-    until the API lands.
-
-    TO BE FILLED IN / CHECKED by whoever lands ``lm_inference.potentials.regex(lm, pattern)`` and
-    the ``Target(..., forced_eos=True)`` option (genlm-control's semantics: a complete sequence is
-    ``y EOS``; a particle without EOS gets it forced at the end and pays ``log p(EOS | y)``).
-    Align the length convention: genlm-control's ``max_tokens = T`` allows at most ``T - 1``
-    sampled tokens before the forced EOS; if ``Target(..., T, forced_eos=True)`` means T sampled
-    tokens and then EOS, pass ``--genlm-max-tokens-offset 1`` to the genlm side (or ``T - 1``
-    here). Must return ``dict(compile_s=..., times=[...], log_Z=[...])`` (seconds, one entry per
-    seed 0 .. repeats - 1, after a first compiling call).
+    """OUR side of the benchmark: the same target in one jitted sweep,
+    ``smc(key, Target(lm, PROMPT, T, potentials.regex(lm, PATTERN), forced_eos=True), N)``
+    (genlm-control's semantics: a complete sequence is ``y EOS``; a particle without EOS gets it
+    forced after ``T`` sampled tokens and pays ``log p(EOS | y)``; genlm-control's
+    ``max_tokens = T`` allows ``T - 1``, see ``--genlm-max-tokens-offset``). Returns
+    ``dict(compile_s=..., times=[...], log_Z=[...])`` (seconds, one entry per seed
+    ``0 .. repeats - 1``, after a first compiling call), or ``None`` when the API is missing.
     """
     try:
         from lm_inference import potentials

@@ -29,6 +29,7 @@ def strict_loads(text: str):
     return json.loads(text, parse_constant=_reject)
 
 
+@pytest.mark.slow  # the same CLI path as test_cli_end_to_end_embedded_model (34 s on 2 cores)
 def test_cli_end_to_end_tabular(tmp_path):
     common = [*COMMON, "--potential", "contains_token:2"]
     s_json = tmp_path / "s.json"

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from lm_inference import bidirectional_bounds, exact, potentials
+from lm_inference.potentials import automata
 from lm_inference.target import Target
 from tests.lm_inference._text import EOS, text_lm
 from tests.lm_inference.potentials._common import brute_regex, exact_identity, z_unbiased
@@ -26,8 +27,18 @@ def test_mask_equals_brute_force_re(pattern, vocab_size):
     np.testing.assert_array_equal(np.isfinite(np.asarray(en.log_phi)), match)
     np.testing.assert_array_equal(np.asarray(en.log_phi)[match], 0.0)
     dfa = target.potential.info["dfa"]
-    for st in range(dfa.dead):
+    pot = target.potential
+    assert "allowed" in pot.params  # the per-state row table; and the class gather without it
+    gathered = automata._dfa_potential(dfa, "gather", {}, row_bytes=0)
+    assert "allowed" not in gathered.params
+    for st in range(dfa.dead + 1):
         allowed = dfa.allowed(st)
+        for p in (pot, gathered):
+            lw = np.asarray(p.logw_next(p.params, jax.numpy.int32(st), 0))
+            np.testing.assert_array_equal(lw, np.where(allowed, 0.0, -np.inf))
+        if st == dfa.dead:
+            assert not allowed.any()
+            continue
         assert allowed[EOS] == dfa.final[st]  # EOS only in accepting states
         assert not allowed[7:].any()  # ids the tokenizer lacks are never allowed
 
