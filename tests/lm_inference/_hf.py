@@ -196,3 +196,24 @@ def assert_incremental_decoding(name: str, factory=None):
         np.testing.assert_allclose(np.asarray(out.logits), full[:, t], atol=_tol(full))
     assert out.hidden.shape == (3, lm.hidden_size)
     assert all(x.shape[0] == 3 for x in jax.tree.leaves(cache))  # batch axis first
+
+
+def assert_cache_gather(name: str, factory=None):
+    """Reordering the cache after a permutation (resampling) == decoding the permuted rows."""
+    import jax.numpy as jnp
+
+    import lm_inference
+    from lm_inference.base import reorder_cache
+
+    lm = lm_inference.load(checkpoint(name, factory)[0])
+    ids, mask = left_padded_batch(seed=2, length=12)
+    perm, p = np.array([2, 0, 2]), 8  # a resampling: duplicates and drops rows
+    _, cache = lm.prefill(lm.params, jnp.asarray(ids[:, :p]), jnp.asarray(mask[:, :p]), 12)
+    cache = reorder_cache(cache, jnp.asarray(perm))
+    _, ref_cache = lm.prefill(
+        lm.params, jnp.asarray(ids[perm, :p]), jnp.asarray(mask[perm, :p]), 12
+    )
+    for t in range(p, 12):
+        out, cache = lm.decode_step(lm.params, jnp.asarray(ids[perm, t]), cache)
+        ref, ref_cache = lm.decode_step(lm.params, jnp.asarray(ids[perm, t]), ref_cache)
+        np.testing.assert_array_equal(np.asarray(out.logits), np.asarray(ref.logits))

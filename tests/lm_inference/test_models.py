@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 import lm_inference
-from lm_inference.base import reorder_cache
 from tests.lm_inference._hf import (
     CONFIGS,
+    assert_cache_gather,
     assert_incremental_decoding,
     assert_logits_match,
     checkpoint,
@@ -36,20 +36,7 @@ def test_incremental_decoding_equals_full_forward(name):
 
 @pytest.mark.parametrize("name", ["gpt_neo", "llama3", "mistral"])
 def test_cache_gather_equals_decoding_permuted_sequences(name):
-    """Reordering the cache after a permutation (resampling) == decoding the permuted rows."""
-    lm = lm_inference.load(checkpoint(name)[0])
-    ids, mask = left_padded_batch(seed=2, length=12)
-    perm = np.array([2, 0, 2])  # a resampling: duplicates and drops rows
-    p = 8
-    _, cache = lm.prefill(lm.params, jnp.asarray(ids[:, :p]), jnp.asarray(mask[:, :p]), 12)
-    cache = reorder_cache(cache, jnp.asarray(perm))
-    _, ref_cache = lm.prefill(
-        lm.params, jnp.asarray(ids[perm, :p]), jnp.asarray(mask[perm, :p]), 12
-    )
-    for t in range(p, 12):
-        out, cache = lm.decode_step(lm.params, jnp.asarray(ids[perm, t]), cache)
-        ref, ref_cache = lm.decode_step(lm.params, jnp.asarray(ids[perm, t]), ref_cache)
-        np.testing.assert_array_equal(np.asarray(out.logits), np.asarray(ref.logits))
+    assert_cache_gather(name)
 
 
 def test_shared_prefill_broadcast_matches_batched_prompt():

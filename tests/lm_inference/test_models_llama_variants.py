@@ -2,18 +2,14 @@
 implementations, incremental decoding, and the cache gather (tolerances of :mod:`._hf`)."""
 
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
-import lm_inference
-from lm_inference.base import reorder_cache
 from lm_inference.models import SUPPORTED_ARCHITECTURES, module_class
 from tests.lm_inference._hf import (
     V,
+    assert_cache_gather,
     assert_incremental_decoding,
     assert_logits_match,
-    checkpoint,
-    left_padded_batch,
 )
 
 T = pytest.importorskip("transformers")
@@ -85,18 +81,7 @@ def test_incremental_decoding_equals_full_forward(name):
 def test_cache_gather_equals_decoding_permuted_sequences():
     """Reordering the cache after a resampling == decoding the permuted rows (SmolLM3: rope,
     no-rope and sliding layers)."""
-    lm = lm_inference.load(checkpoint("smollm3", smollm3)[0])
-    ids, mask = left_padded_batch(seed=2, length=12)
-    perm, p = np.array([2, 0, 2]), 8
-    _, cache = lm.prefill(lm.params, jnp.asarray(ids[:, :p]), jnp.asarray(mask[:, :p]), 12)
-    cache = reorder_cache(cache, jnp.asarray(perm))
-    _, ref_cache = lm.prefill(
-        lm.params, jnp.asarray(ids[perm, :p]), jnp.asarray(mask[perm, :p]), 12
-    )
-    for t in range(p, 12):
-        out, cache = lm.decode_step(lm.params, jnp.asarray(ids[perm, t]), cache)
-        ref, ref_cache = lm.decode_step(lm.params, jnp.asarray(ids[perm, t]), ref_cache)
-        np.testing.assert_array_equal(np.asarray(out.logits), np.asarray(ref.logits))
+    assert_cache_gather("smollm3", smollm3)
 
 
 def test_unsupported_rope_type_is_named():
