@@ -296,21 +296,66 @@ def _weight_files(path: Path) -> list[Path]:
     )
 
 
-def _read_tensors(files: list[Path]) -> dict[str, np.ndarray]:
+def _unreadable(f: Path, e: Exception) -> CheckpointError:
+    return CheckpointError(
+        f"cannot read {f} ({type(e).__name__}: {e}); the file is corrupt or not "
+        "safetensors: download or save the checkpoint again."
+    )
+
+
+def _index_tensors(files: list[Path]) -> dict[str, tuple[Path, str, tuple[int, ...]]]:
+    """Each tensor's ``(file, name, shape)``, from the safetensors headers only (no data is read).
+
+    A key present in several files maps to the last one, as reading them all in order would."""
     from safetensors import safe_open
 
-    tensors = {}
+    index = {}
     for f in files:
         try:
             with safe_open(str(f), framework="np") as h:
                 for k in h.keys():
-                    tensors[k] = h.get_tensor(k)
+                    index[k] = (f, k, tuple(h.get_slice(k).get_shape()))
         except Exception as e:  # safetensors raises its own error types for corrupt files
-            raise CheckpointError(
-                f"cannot read {f} ({type(e).__name__}: {e}); the file is corrupt or not "
-                "safetensors: download or save the checkpoint again."
-            ) from e
-    return tensors
+            raise _unreadable(f, e) from e
+    return index
+
+
+def _read_tensor(f: Path, key: str) -> np.ndarray:
+    """One tensor as a NumPy array that owns its memory.
+
+    The file is opened for this tensor alone: safetensors memory-maps the whole file, and the
+    pages a read touches count in the process's resident memory for as long as the map is open,
+    so a handle kept across tensors would end up holding a second copy of the checkpoint."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(f), framework="np") as h:
+            return h.get_tensor(key)
+    except Exception as e:
+        raise _unreadable(f, e) from e
+
+
+def _place(
+    x: np.ndarray, dtype: jnp.dtype, device: jax.Device | jax.sharding.Sharding | None = None
+) -> jax.Array:
+    """``x`` on ``device`` (a device or sharding; ``None``: the default device) in ``dtype``.
+
+    Host memory beyond the result is ``x`` and, when the target is the CPU, ``x`` cast (cast on
+    the host: casting on the CPU device would allocate a float32 device copy first, and the freed
+    copies fragment the heap); an accelerator casts its own copy. The call waits for the transfer
+    so that ``x`` can be freed before the next tensor is read."""
+    if device is None:
+        on_cpu = jax.default_backend() == "cpu"
+    elif isinstance(device, jax.sharding.Sharding):
+        on_cpu = all(d.platform == "cpu" for d in device.device_set)
+    else:
+        on_cpu = device.platform == "cpu"
+    if x.dtype != dtype and on_cpu:
+        x = x.astype(dtype)
+    out = jax.device_put(x, device)
+    if out.dtype != dtype:
+        out = out.astype(dtype)
+    return out.block_until_ready()
 
 
 def _lookup(tensors: dict, key: str):
@@ -321,6 +366,49 @@ def _lookup(tensors: dict, key: str):
         if key.startswith(prefix) and key[len(prefix) :] in tensors:
             return tensors[key[len(prefix) :]]
     return None
+
+
+def _load_state(
+    path: Path,
+    config,
+    state: nnx.State,
+    dtype: jnp.dtype,
+    device: jax.Device | jax.sharding.Sharding | None = None,
+) -> list:
+    """The flat state of ``state`` (abstract) filled from the weights in ``path``, tensor by tensor.
+
+    Names and shapes are checked against the file headers before any tensor is read; then each
+    tensor is read, placed on ``device`` in ``dtype`` and its host copy dropped before the next
+    one, so host memory holds the placed parameters and about two tensors more at most."""
+    index = _index_tensors(_weight_files(path))
+    todo, missing, mismatched = [], [], []
+    for p, var in nnx.to_flat_state(state):
+        key = ".".join(map(str, p))
+        want = var.get_value()
+        hit = _lookup(index, key)
+        if hit is None:
+            missing.append(key)
+            continue
+        f, stored, shape = hit
+        if shape != tuple(want.shape):
+            mismatched.append(f"{key}: checkpoint {shape}, config {tuple(want.shape)}")
+            continue
+        todo.append((p, var, f, stored))
+    if missing or mismatched:
+        problems = []
+        if mismatched:
+            problems.append(f"shape mismatches: {mismatched[:5]}")
+        if missing:
+            problems.append(f"missing tensors: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        raise CheckpointError(
+            f"the weights in {path} do not match its config.json ({config.model_type}): "
+            + "; ".join(problems)
+            + ". Check that config.json belongs to these weights."
+        )
+    return [
+        (p, var.replace(value=_place(_read_tensor(f, stored), dtype, device)))
+        for p, var, f, stored in todo
+    ]
 
 
 def _tokenizer(path: Path):
@@ -357,6 +445,11 @@ def load(
         cache_dir: the Hugging Face cache to resolve hub ids in (default: ``HF_HUB_CACHE``).
         revision: the hub revision (branch, tag or commit) of a hub id.
 
+    Names and shapes are checked against the safetensors headers before any weight is read; then
+    each tensor is read alone, placed on the default device in ``dtype`` and its host copy freed,
+    so host memory never holds a second full copy of the checkpoint (on CPU the peak is the loaded
+    parameters plus about two of the largest tensor, measured in ``test_loading_memory.py``).
+
     Returns:
         :class:`CausalLM`. ``.tokenizer`` is ``None`` when the folder has no tokenizer files.
 
@@ -389,32 +482,8 @@ def load(
         ) from e
     cls = module_class(config)  # raises UnsupportedArchitectureError
     dtype = jnp.dtype(dtype or default_dtype())
-    tensors = _read_tensors(_weight_files(path))
     abstract = nnx.eval_shape(lambda: cls(config, dtype))
     graphdef, state = nnx.split(abstract)
-    flat, missing, mismatched = [], [], []
-    for p, var in nnx.to_flat_state(state):
-        key = ".".join(map(str, p))
-        want = var.get_value()
-        x = _lookup(tensors, key)
-        if x is None:
-            missing.append(key)
-            continue
-        if tuple(x.shape) != tuple(want.shape):
-            mismatched.append(f"{key}: checkpoint {tuple(x.shape)}, config {tuple(want.shape)}")
-            continue
-        flat.append((p, var.replace(value=jnp.asarray(x, dtype))))
-    if missing or mismatched:
-        problems = []
-        if mismatched:
-            problems.append(f"shape mismatches: {mismatched[:5]}")
-        if missing:
-            problems.append(f"missing tensors: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-        raise CheckpointError(
-            f"the weights in {path} do not match its config.json ({config.model_type}): "
-            + "; ".join(problems)
-            + ". Check that config.json belongs to these weights."
-        )
-    del tensors
+    flat = _load_state(path, config, state, dtype)
     module = nnx.merge(graphdef, nnx.from_flat_state(flat))
     return CausalLM(module, config, _tokenizer(path), path)
