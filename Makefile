@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+BASE_STAMP := $(VENV)/.installed-base
 
 .PHONY: demo test test-slow docs bench lint clean
 
@@ -10,11 +11,16 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-$(STAMP): $(PY) pyproject.toml
+# the demo needs only the package's own dependencies (no torch, no test / docs tools)
+$(BASE_STAMP): $(PY) pyproject.toml
+	$(PY) -m pip install -q -e .
+	touch $(BASE_STAMP)
+
+$(STAMP): $(BASE_STAMP) pyproject.toml
 	$(PY) -m pip install -q -e ".[test,docs,dev]"
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(BASE_STAMP)
 	$(PY) examples/quickstart.py
 
 # two workers (CI has 2 cores); the slowest tests are listed at the end of the run
