@@ -10,6 +10,7 @@ import pytest
 
 import lm_inference
 from tests.lm_inference._hf import (
+    _LLAMA,
     T,
     V,
     _tol,
@@ -19,17 +20,7 @@ from tests.lm_inference._hf import (
     torch_logits,
 )
 
-_TINY = dict(
-    vocab_size=V,
-    hidden_size=32,
-    intermediate_size=40,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    max_position_embeddings=64,
-    bos_token_id=0,
-    eos_token_id=1,
-    pad_token_id=None,
-)
+_TINY = _LLAMA  # the shared tiny sizes (V = 48, hidden 32, 2 layers, 4 heads)
 
 
 def phi3_longrope():
