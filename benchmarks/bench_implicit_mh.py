@@ -35,6 +35,7 @@ import numpy as np
 from jax.scipy.stats import norm
 
 from kernels import implicit_mh as imh
+from ppl.discriminator import fit_discriminator
 
 MEANS = np.array([[-1.5, 0.0], [1.5, 0.5]])
 SD = 0.5
@@ -125,7 +126,7 @@ def quality_table(name, target, fresh, steps_list, num_chains=1000, num_steps=50
     rows = []
     for steps in steps_list:
         t0 = time.perf_counter()
-        fit = imh.fit_discriminator(
+        fit = fit_discriminator(
             jax.random.key(1), target, sample_q, num_steps=steps, exact_log_ratio=exact
         )
         jax.block_until_ready(fit.loss_history)
@@ -188,7 +189,7 @@ def main():
         num_chains,
         num_steps,
     )
-    fit = imh.fit_discriminator(jax.random.key(0), target, sample_q, num_steps=1000)
+    fit = fit_discriminator(jax.random.key(0), target, sample_q, num_steps=1000)
     rows += throughput_rows(
         "learned ratio (MLP 64x64)",
         imh.independent(sample_q, fit.log_ratio),
@@ -210,7 +211,7 @@ def main():
     walls = {}
     for steps in (short, long):
         t0 = time.perf_counter()
-        f = imh.fit_discriminator(jax.random.key(2), target, sample_q, num_steps=steps)
+        f = fit_discriminator(jax.random.key(2), target, sample_q, num_steps=steps)
         jax.block_until_ready(f.loss_history)
         walls[steps] = time.perf_counter() - t0
     rate = (long - short) / (walls[long] - walls[short])

@@ -20,6 +20,7 @@ from numpyro.infer import Predictive
 
 from kernels import implicit_mh as imh
 from kernels.types import Array, PRNGKey
+from ppl.discriminator import DiscriminatorFit, fit_discriminator
 
 __all__ = ["ImplicitMH", "ImplicitMHResult"]
 
@@ -105,10 +106,10 @@ class ImplicitMH:
                 {k: jnp.asarray(target_samples[k]) for k in self.sites}
             )
         )
-        self.fit_result: imh.DiscriminatorFit | None = None
+        self.fit_result: DiscriminatorFit | None = None
 
-    def fit(self, key: PRNGKey, **fit_kwargs: Any) -> imh.DiscriminatorFit:
-        """Train the discriminator (``kernels.implicit_mh.fit_discriminator``).
+    def fit(self, key: PRNGKey, **fit_kwargs: Any) -> DiscriminatorFit:
+        """Train the discriminator (:func:`ppl.discriminator.fit_discriminator`).
 
         Args:
             key: PRNG key.
@@ -119,7 +120,7 @@ class ImplicitMH:
         Returns:
             The ``DiscriminatorFit`` (also stored as ``self.fit_result``).
         """
-        self.fit_result = imh.fit_discriminator(
+        self.fit_result = fit_discriminator(
             key, self.target, self.sample_proposal, **fit_kwargs
         )
         return self.fit_result
