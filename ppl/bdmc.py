@@ -35,15 +35,8 @@ import numpy as np
 from numpyro import handlers
 
 from kernels.types import Array, PRNGKey
-from ppl.smc import (
-    FrozenSchedule,
-    TemperedSMC,
-    _check_signature,
-    _partition,
-    _run_jit,
-    check_densities,
-    split_model,
-)
+from ppl.densities import _check_signature, _partition, check_densities, split_model
+from ppl.smc import FrozenSchedule, TemperedSMC, _run_jit
 
 __all__ = ["bdmc", "BDMCResult"]
 

@@ -29,14 +29,8 @@ import numpy as np
 
 from kernels.types import Array, PRNGKey
 from ppl.bdmc import _conditioned, _observed_from_none_keywords, _simulate
-from ppl.smc import (
-    FrozenSchedule,
-    TemperedSMC,
-    _partition,
-    _run_jit,
-    check_densities,
-    split_model,
-)
+from ppl.densities import _partition, check_densities, split_model
+from ppl.smc import FrozenSchedule, TemperedSMC, _run_jit
 
 __all__ = ["mutual_information", "MIResult"]
 
