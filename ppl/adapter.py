@@ -161,9 +161,9 @@ class BlackJAXKernel(MCMCKernel):
                 "dense_mass must be True or False (structured block mass matrices are not "
                 "supported by BlackJAXKernel; use numpyro.infer.NUTS for those)."
             )
-        if not (isinstance(step_size, jax.Array) or float(step_size) > 0):
+        if concrete(step_size) and not np.all(np.asarray(step_size) > 0):
             raise ValueError(f"step_size must be positive, got {step_size!r}.")
-        if not 0.0 < float(target_accept_prob) < 1.0:
+        if concrete(target_accept_prob) and not 0.0 < float(target_accept_prob) < 1.0:
             raise ValueError(f"target_accept_prob must lie in (0, 1), got {target_accept_prob!r}.")
         self._model = model
         self._potential_fn = potential_fn
@@ -204,6 +204,15 @@ class BlackJAXKernel(MCMCKernel):
                 "make_algorithm(logdensity_fn, step_size, inverse_mass_matrix)."
             )
         return self._kernel_factory(logdensity_fn, step_size, inverse_mass_matrix)
+
+    def _algorithm(
+        self, z: Any, logdensity_fn: Callable, step_size: Array, inverse_mass_matrix: Array
+    ) -> SamplingAlgorithm:
+        """``make_algorithm``'s kernel, or the identity kernel when ``z`` has no entries (a model
+        without continuous latent sites: only deterministic or enumerated sites, or none)."""
+        if ravel_pytree(z)[0].size == 0:
+            return _static_algorithm(logdensity_fn)
+        return self.make_algorithm(logdensity_fn, step_size, inverse_mass_matrix)
 
     def accept_prob(self, info: Any) -> Array:
         """Acceptance statistic of one transition, the input of dual averaging.
@@ -389,8 +398,8 @@ class BlackJAXKernel(MCMCKernel):
                 step_size,
                 inverse_mass_matrix=self._inverse_mass_matrix,
             )
-            algorithm = self.make_algorithm(
-                lambda x: -pe_fn(x), adapt_state.step_size, adapt_state.inverse_mass_matrix
+            algorithm = self._algorithm(
+                z, lambda x: -pe_fn(x), adapt_state.step_size, adapt_state.inverse_mass_matrix
             )
             kernel_state = algorithm.init(z, key_init)
             info_shape = jax.eval_shape(algorithm.step, key_info, kernel_state)[1]
@@ -445,8 +454,8 @@ class BlackJAXKernel(MCMCKernel):
         pe_fn = self.get_potential_fn(model_args, model_kwargs)
         rng_key, key_step = random.split(state.rng_key)
         adapt_state = state.adapt_state
-        algorithm = self.make_algorithm(
-            lambda x: -pe_fn(x), adapt_state.step_size, adapt_state.inverse_mass_matrix
+        algorithm = self._algorithm(
+            state.z, lambda x: -pe_fn(x), adapt_state.step_size, adapt_state.inverse_mass_matrix
         )
         kernel_state, info = algorithm.step(key_step, state.kernel_state)
         accept_prob = self.accept_prob(info)
@@ -495,6 +504,49 @@ class BlackJAXKernel(MCMCKernel):
         state["_sample_fn"] = None
         state["_wa_update"] = None
         return state
+
+
+def concrete(x: Any) -> bool:
+    """Whether ``x`` has a value now: not a tracer (a kernel built inside ``jit`` with traced
+    hyperparameters, as NumPyro's HMC and NUTS allow). Range checks apply to concrete values."""
+    return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(x))
+
+
+class StaticState(NamedTuple):
+    """State of the identity kernel: the position and its log density."""
+
+    position: Any
+    logdensity: Array
+
+
+class StaticInfo(NamedTuple):
+    """Info of the identity kernel: always accepted, never divergent, no gradient evaluations."""
+
+    acceptance_rate: Array
+    is_accepted: Array
+    is_divergent: Array
+    num_integration_steps: Array
+
+
+def _static_algorithm(logdensity_fn: Callable) -> SamplingAlgorithm:
+    """The identity kernel $K(z, \\cdot) = \\delta_z$, exact for a point mass: with no continuous
+    latent entries there is nothing to move (NumPyro's NUTS also returns such models' sites)."""
+
+    def init(position, rng_key=None):
+        del rng_key
+        return StaticState(position, jnp.asarray(logdensity_fn(position)))
+
+    def step(rng_key, state):
+        del rng_key
+        info = StaticInfo(
+            jnp.ones((), jnp.result_type(float)),
+            jnp.ones((), bool),
+            jnp.zeros((), bool),
+            jnp.zeros((), jnp.result_type(int)),
+        )
+        return state, info
+
+    return SamplingAlgorithm(init, step)
 
 
 def _check_init_params(init_params: Any, expected: Any, vectorized: bool) -> None:

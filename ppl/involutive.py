@@ -36,7 +36,7 @@ from numpyro.infer.initialization import init_to_uniform
 
 import kernels.involutive as involutive
 from kernels.types import Array
-from ppl.adapter import BlackJAXKernel
+from ppl.adapter import BlackJAXKernel, concrete
 
 __all__ = ["InvolutiveMCMC", "BUILTIN_INVOLUTIONS"]
 
@@ -134,11 +134,15 @@ class InvolutiveMCMC(BlackJAXKernel):
             )
         if num_steps is not None and (int(num_steps) != num_steps or num_steps < 1):
             raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}.")
-        if trajectory_length is not None and not float(trajectory_length) > 0:
+        if (
+            trajectory_length is not None
+            and concrete(trajectory_length)
+            and not float(trajectory_length) > 0
+        ):
             raise ValueError(f"trajectory_length must be positive, got {trajectory_length!r}.")
         if int(max_num_steps) != max_num_steps or max_num_steps < 1:
             raise ValueError(f"max_num_steps must be a positive integer, got {max_num_steps!r}.")
-        if name == "irreversible_mala" and not 0.0 <= float(alpha) < 1.0:
+        if name == "irreversible_mala" and concrete(alpha) and not 0.0 <= float(alpha) < 1.0:
             raise ValueError(f"alpha must lie in [0, 1), got {alpha!r}.")
         if name == "hmc" and num_steps is None and trajectory_length is None:
             trajectory_length = DEFAULT_TRAJECTORY_LENGTH

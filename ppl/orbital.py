@@ -39,7 +39,7 @@ from numpyro.infer.initialization import init_to_uniform
 import kernels.orbital as orbital
 from kernels._deprecation import renamed
 from kernels.types import Array, ArrayTree
-from ppl.adapter import BlackJAXKernel
+from ppl.adapter import BlackJAXKernel, concrete
 
 __all__ = ["OrbitalMCMC", "DEFAULT_TRAJECTORY_LENGTH"]
 
@@ -120,7 +120,11 @@ class OrbitalMCMC(BlackJAXKernel):
             )
         if period is not None and (int(period) != period or period < 2):
             raise ValueError(f"period must be an integer >= 2, got {period!r}.")
-        if trajectory_length is not None and not float(trajectory_length) > 0:
+        if (
+            trajectory_length is not None
+            and concrete(trajectory_length)
+            and not float(trajectory_length) > 0
+        ):
             raise ValueError(f"trajectory_length must be positive, got {trajectory_length!r}.")
         if int(max_period) != max_period or max_period < 2:
             raise ValueError(f"max_period must be an integer >= 2, got {max_period!r}.")
@@ -130,17 +134,17 @@ class OrbitalMCMC(BlackJAXKernel):
             raise ValueError(
                 f"index_shift must be 'random' or an integer shift, got {index_shift!r}."
             )
-        if not 0.0 <= float(alpha) < 1.0:
+        if concrete(alpha) and not 0.0 <= float(alpha) < 1.0:
             raise ValueError(f"alpha (momentum persistence) must lie in [0, 1), got {alpha!r}.")
         if period is None and trajectory_length is None:
             trajectory_length = DEFAULT_TRAJECTORY_LENGTH
-        self._trajectory_length = None if trajectory_length is None else float(trajectory_length)
+        self._trajectory_length = trajectory_length
         self._period = None if period is None else int(period)
         self._max_period = int(max_period)
         self._index_shift = index_shift
         self._orbit_kernel = orbital.build_kernel(
             index_shift=None if index_shift == "random" else int(index_shift),
-            alpha=float(alpha),
+            alpha=alpha,
             period=self._period or self._max_period,
             rotation=rotation,
         )

@@ -88,11 +88,13 @@ def build_kernel(
         window.
     """
     default_period = period
-    alpha = float(
-        renamed("alpha", alpha, "momentum_persistence", momentum_persistence, 0.0, "build_kernel")
+    alpha = renamed(
+        "alpha", alpha, "momentum_persistence", momentum_persistence, 0.0, "build_kernel"
     )
-    if not 0.0 <= alpha < 1.0:
-        raise ValueError(f"alpha (momentum persistence) must be in [0, 1), got {alpha}.")
+    if not isinstance(alpha, jax.core.Tracer):  # traced: built inside jit, checked by the caller
+        alpha = float(alpha)
+        if not 0.0 <= alpha < 1.0:
+            raise ValueError(f"alpha (momentum persistence) must be in [0, 1), got {alpha}.")
     rotation = _check_rotation(rotation)
 
     def kernel(
