@@ -1,9 +1,11 @@
-"""Generic SMC core in pure JAX: resampling, the sequential driver, tempering, twisted and
-conditional SMC, estimators of bidirectional log Z bounds, annealing paths, and sharding."""
+"""Generic SMC core in pure JAX: one SMC step (``init`` / ``step``, :mod:`kernels.smc.base`), the
+sequential driver, tempering, twisted and conditional SMC, estimators of bidirectional log Z
+bounds, annealing paths, and sharding."""
 
 import importlib
 
 _SUBMODULES = (
+    "base",
     "resampling",
     "sequential",
     "tempering",
@@ -17,6 +19,11 @@ _SUBMODULES = (
 
 # public names re-exported lazily from their modules
 _NAMES = {
+    "SMCState": "base",
+    "SMCInfo": "base",
+    "init": "base",
+    "step": "base",
+    "vmap_move": "base",
     "SMCResult": "sequential",
     "run": "sequential",
     "gather": "sequential",

@@ -1,4 +1,5 @@
-r"""Generic SMC driver for a Feynman-Kac model, with conditional SMC, as one ``lax.scan``.
+r"""Generic SMC driver for a Feynman-Kac model, with conditional SMC, as one ``lax.scan`` over
+:func:`kernels.smc.base.step`.
 
 Model (Del Moral, 2004; Chopin and Papaspiliopoulos, 2020, ch. 5): for ``t = 0..T``
 
@@ -38,11 +39,12 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
+from kernels.smc import base, sharding
 from kernels.smc import resampling as rs
-from kernels.smc import sharding
+from kernels.smc.base import clamp_first, gather, resample
 from kernels.types import Array, ArrayTree, PRNGKey
 
-__all__ = ["SMCResult", "run", "resample", "gather", "clamp_first"]
+__all__ = ["SMCResult", "run", "resample", "gather", "broadcast", "clamp_first"]
 
 
 class SMCResult(NamedTuple):
@@ -68,11 +70,6 @@ class SMCResult(NamedTuple):
     ancestors: Array
 
 
-def gather(particles: ArrayTree, ancestors: Array) -> ArrayTree:
-    """Resample a particle pytree: ``leaf[ancestors]`` along axis 0 of every leaf."""
-    return jax.tree.map(lambda x: jnp.take(x, ancestors, axis=0), particles)
-
-
 def broadcast(particles: ArrayTree, num_particles: int) -> ArrayTree:
     """Repeat a batch-1 pytree (e.g. one prompt's prefill) to ``num_particles`` along axis 0
     (scalar leaves are kept)."""
@@ -80,83 +77,6 @@ def broadcast(particles: ArrayTree, num_particles: int) -> ArrayTree:
         lambda x: jnp.broadcast_to(x, (num_particles,) + x.shape[1:]) if jnp.ndim(x) else x,
         particles,
     )
-
-
-def resample(
-    key: PRNGKey,
-    particles: ArrayTree,
-    log_weights: Array,
-    ess_threshold: float | Array,
-    scheme: rs.Scheme = rs.systematic,
-    mesh: Mesh | None = None,
-) -> tuple[ArrayTree, Array, Array, Array]:
-    """ESS-triggered resampling of a particle pytree, pure (``lax.cond``), scan/jit-safe.
-
-    As :func:`kernels.smc.resampling.resample_if`, with the gather of the particles inside the
-    ``cond`` (on a sharded mesh the particles cross devices only when resampling).
-
-    Args:
-        key: PRNG key.
-        particles: pytree, leaves ``[N, ...]``.
-        log_weights: ``[N]`` log weights.
-        ess_threshold: resample when ``ESS < ess_threshold * N``.
-        scheme: resampling scheme (conditional for conditional SMC).
-        mesh: particle mesh (see :mod:`kernels.smc.sharding`) or ``None``.
-
-    Returns:
-        ``(particles, log_weights, ancestors [N], resampled)``; after resampling every log
-        weight is ``logsumexp(log_weights) - log N`` (the total mass is kept). A Python-number
-        threshold ``>= 1`` (always) or ``<= 0`` (never) skips the ``cond``.
-    """
-    n = log_weights.shape[0]
-    shard = sharding.constrain_fn(mesh)
-
-    def yes(key, x, log_w):
-        anc = rs.unchecked(scheme)(key, log_w, n).astype(jnp.int32)
-        after = jnp.full_like(log_w, jax.nn.logsumexp(log_w) - jnp.log(n))
-        return shard(gather(x, anc)), after, anc
-
-    def no(key, x, log_w):
-        return x, log_w, jnp.arange(n, dtype=jnp.int32)
-
-    if isinstance(ess_threshold, int | float):  # static threshold: no cond (same results)
-        if ess_threshold >= 1:
-            return (*yes(key, particles, log_weights), jnp.asarray(True))
-        if ess_threshold <= 0:
-            return (*no(key, particles, log_weights), jnp.asarray(False))
-    do = rs.should_resample(log_weights, ess_threshold)
-    x, log_w, anc = jax.lax.cond(do, yes, no, key, particles, log_weights)
-    return x, log_w, anc, do
-
-
-def clamp_first(particles: ArrayTree, reference_t: ArrayTree, t: Array) -> ArrayTree:
-    """Default ``clamp_fn``: set particle 0 of every leaf to the reference at time ``t``.
-
-    Args:
-        particles: pytree, leaves ``[N, ...]``.
-        reference_t: the reference at time ``t``, same pytree with leaves ``[...]``.
-        t: step index (unused).
-
-    Returns:
-        particles with ``leaf[0] = reference_leaf``.
-    """
-    del t
-    return jax.tree.map(lambda x, r: x.at[0].set(jnp.asarray(r, x.dtype)), particles, reference_t)
-
-
-def _check_particles(particles: ArrayTree, n: int, where: str) -> None:
-    leaves = jax.tree.leaves(particles)
-    bad = [jnp.shape(x) for x in leaves if jnp.ndim(x) == 0 or jnp.shape(x)[0] != n]
-    if not leaves or bad:
-        raise ValueError(
-            f"{where} must return particles as a pytree of arrays with leading axis "
-            f"num_particles={n}; got leaves of shapes {[jnp.shape(x) for x in leaves]}"
-        )
-
-
-def _normalize_with_total(log_w: Array) -> tuple[Array, Array]:
-    total = jax.nn.logsumexp(log_w)
-    return rs.normalize(log_w), total
 
 
 def run(
@@ -177,8 +97,10 @@ def run(
 ) -> SMCResult:
     """Run SMC (or conditional SMC when ``reference`` is given); jit-compatible.
 
-    Step ``t = 1..T``: (1) resample on the current weights if ``ESS < ess_threshold * N``;
-    (2) ``x_t = propose_fn(key, x_{t-1}, t)`` (vectorized over particles); (3) with a reference,
+    A ``lax.scan`` of :func:`kernels.smc.base.step` (write the loop yourself to see or change
+    what happens between steps). Step ``t = 1..T``: (1) resample on the current weights if
+    ``ESS < ess_threshold * N``; (2) ``x_t = propose_fn(key, x_{t-1}, t)`` (vectorized over
+    particles); (3) with a reference,
     ``x_t = clamp_fn(x_t, reference_t, t)``; (4) ``log w += log_weight_fn(x_{t-1}, x_t, t)``.
     Step 0: ``x_0 = init_fn(key, N)`` (clamped), ``log w = init_log_weight_fn(x_0)`` (default 0).
 
@@ -221,64 +143,70 @@ def run(
         sharding.check_divisible(n, mesh)
     fused = log_weight_fn is None
     conditional = reference is not None
-    scheme = resampling
-    if conditional:
-        scheme = conditional_resampling or rs.conditional(resampling)
     shard, replicate = sharding.constrain_fn(mesh), sharding.replicate_fn(mesh)
 
     def ref_at(t):
         return jax.tree.map(lambda r: r[t], reference)
 
-    def log_potentials(value, t):
-        value = jnp.asarray(value)
-        if value.shape != (n,):
-            raise ValueError(
-                f"the log potentials at step {t} must have shape (num_particles,) = ({n},), "
-                f"got {value.shape}: return one log weight per particle"
-            )
-        return replicate(value)
-
     k_init, k_steps = jax.random.split(key)
     k0, _ = jax.random.split(k_init)
     x0 = init_fn(k0, n)
-    _check_particles(x0, n, "init_fn")
+    base.check_particles(x0, n, "init_fn")
     if conditional:
         x0 = clamp_fn(x0, ref_at(0), jnp.asarray(0))
     x0 = shard(x0)
     lw0 = jnp.zeros(n) if init_log_weight_fn is None else init_log_weight_fn(x0)
-    lw0 = log_potentials(lw0, "t = 0")
-    log_w, inc0 = _normalize_with_total(lw0 - jnp.log(n))
+    lw0 = replicate(base.check_log_potentials(lw0, n, "at step t = 0"))
+    state0 = base.init(x0, lw0, mesh=mesh)
 
-    def body(carry, inp):
-        x, log_w = carry
+    def body(state, inp):
         key, t = inp
-        k_res, k_prop = jax.random.split(key)
-        x, log_w, anc, did = resample(k_res, x, log_w, ess_threshold, scheme, mesh)
+        ref_t = ref_at(t) if conditional else None
         if fused:
-            args = (ref_at(t),) if conditional else ()
-            x_new, log_g = propose_fn(k_prop, x, t, *args)
-        else:
-            x_new = propose_fn(k_prop, x, t)
-            if conditional:
-                x_new = clamp_fn(x_new, ref_at(t), t)
-            log_g = log_weight_fn(x, x_new, t)
-        _check_particles(x_new, n, "propose_fn")
-        x_new = shard(x_new)
-        log_w = log_w + log_potentials(log_g, "t >= 1")
-        log_w, inc = _normalize_with_total(log_w)
-        return (x_new, log_w), (inc, rs.ess(log_w), did, anc)
+            args = (ref_t,) if conditional else ()
 
+            def move(k, x, _):
+                x_new, log_g = propose_fn(k, x, t, *args)
+                base.check_particles(x_new, n, "propose_fn")
+                return x_new, log_g, ()
+
+            weight = None
+        else:
+
+            def move(k, x, _):
+                x_new = propose_fn(k, x, t)
+                base.check_particles(x_new, n, "propose_fn")
+                return x_new, ()
+
+            def weight(xp, x):
+                return log_weight_fn(xp, x, t)
+
+        state, info = base.step(
+            key,
+            state,
+            move,
+            weight,
+            ess_threshold=ess_threshold,
+            resampling=resampling,
+            reference=ref_t,
+            clamp_fn=lambda x, r: clamp_fn(x, r, t),
+            conditional_resampling=conditional_resampling,
+            mesh=mesh,
+        )
+        return state, (info.log_Z_increment, info.ess, info.resampled, info.ancestors)
+
+    inc0 = state0.log_Z
     if num_steps == 0:  # importance sampling from M_0
-        x, incs, esss = x0, jnp.zeros((0,)), jnp.zeros((0,))
+        state, incs, esss = state0, jnp.zeros((0,)), jnp.zeros((0,))
         did, anc = jnp.zeros((0,), bool), jnp.zeros((0, n), jnp.int32)
     else:
         keys = jax.random.split(k_steps, num_steps)
         ts = jnp.arange(1, num_steps + 1)
-        (x, log_w), (incs, esss, did, anc) = jax.lax.scan(body, (x0, log_w), (keys, ts))
+        state, (incs, esss, did, anc) = jax.lax.scan(body, state0, (keys, ts))
     incs = jnp.concatenate([inc0[None], incs.astype(inc0.dtype)])
     return SMCResult(
-        particles=x,
-        log_weights=log_w,
+        particles=state.particles,
+        log_weights=state.log_weights,
         log_Z=jnp.sum(incs),
         log_Z_increments=incs,
         ess=jnp.concatenate([rs.ess(lw0)[None], esss.astype(inc0.dtype)]),

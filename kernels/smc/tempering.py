@@ -16,21 +16,67 @@ passing that path as ``reference`` gives a stochastic upper bound of ``log Z``.
 The move is a module or object with BlackJAX's low-level API: ``init(position, logdensity_fn)``
 and ``build_kernel()`` returning ``kernel(key, state, logdensity_fn, **params)`` (e.g.
 ``blackjax.hmc``, ``blackjax.mala``, ``kernels.involutive.hmc``). The state is re-initialized
-at each temperature (one extra density evaluation per particle per temperature).
+at each temperature (one extra density evaluation per particle per temperature). Kernel
+parameters are shared, or per particle for the names in ``per_particle_params`` (leading axis
+``N``).
+
+:func:`run` (through :func:`kernels.smc.sequential.run`) and :func:`adaptive` are loops over
+:func:`kernels.smc.base.step`; :func:`tempered_move` is their move at one temperature, for a
+loop of your own (its info is the kernel's, e.g. ``HMCInfo``).
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from kernels.smc import annealing, sequential, sharding
+from kernels.smc import annealing, base, sequential, sharding
 from kernels.smc import resampling as rs
 from kernels.types import Array, ArrayTree, PRNGKey
 
-__all__ = ["run", "reference_path", "adaptive", "AdaptiveResult", "mcmc_move"]
+__all__ = [
+    "run",
+    "reference_path",
+    "adaptive",
+    "AdaptiveResult",
+    "mcmc_move",
+    "mcmc_update",
+    "tempered_move",
+]
+
+
+def _check_kernel(kernel: Any) -> None:
+    if not (hasattr(kernel, "init") and hasattr(kernel, "build_kernel")):
+        raise TypeError(
+            "kernel must have BlackJAX's low-level API `init(position, logdensity_fn)` and "
+            f"`build_kernel()` (e.g. blackjax.hmc, kernels.involutive.hmc); got {kernel!r}"
+        )
+
+
+def mcmc_update(kernel: Any, num_mcmc_steps: int) -> Callable:
+    """``update(key, position, logdensity_fn, params) -> (position, info)``: ``num_mcmc_steps``
+    steps of ``kernel`` from ``kernel.init(position, logdensity_fn)``, on one particle.
+
+    As BlackJAX's ``update_and_take_last``: ``info`` is the kernel's info of every step, leaves
+    ``[num_mcmc_steps, ...]``; ``params`` is the dict of keyword parameters of the kernel step.
+    Batch it over particles (shared or per-particle ``params``) with
+    :func:`kernels.smc.base.vmap_move` after fixing ``logdensity_fn``.
+    """
+    _check_kernel(kernel)
+    step = kernel.build_kernel()
+
+    def update(key, position, logdensity_fn, params):
+        state = kernel.init(position, logdensity_fn)
+
+        def body(s, k):
+            return step(k, s, logdensity_fn, **params)
+
+        state, info = jax.lax.scan(body, state, jax.random.split(key, num_mcmc_steps))
+        return state.position, info
+
+    return update
 
 
 def mcmc_move(kernel: Any, kernel_params: dict | None, num_mcmc_steps: int) -> Callable:
@@ -44,23 +90,42 @@ def mcmc_move(kernel: Any, kernel_params: dict | None, num_mcmc_steps: int) -> C
     Returns:
         a function on one particle (vmap it over particles).
     """
-    if not (hasattr(kernel, "init") and hasattr(kernel, "build_kernel")):
-        raise TypeError(
-            "kernel must have BlackJAX's low-level API `init(position, logdensity_fn)` and "
-            f"`build_kernel()` (e.g. blackjax.hmc, kernels.involutive.hmc); got {kernel!r}"
-        )
-    step = kernel.build_kernel()
+    update = mcmc_update(kernel, num_mcmc_steps)
     params = dict(kernel_params or {})
 
     def move(key, position, logdensity_fn):
-        state = kernel.init(position, logdensity_fn)
+        return update(key, position, logdensity_fn, params)[0]
 
-        def body(s, k):
-            s, _ = step(k, s, logdensity_fn, **params)
-            return s, None
+    return move
 
-        state, _ = jax.lax.scan(body, state, jax.random.split(key, num_mcmc_steps))
-        return state.position
+
+def tempered_move(
+    kernel: Any,
+    logdensity_fn: Callable,
+    num_mcmc_steps: int = 1,
+    per_particle_params: Sequence[str] = (),
+) -> base.Move:
+    """The batched move of a :func:`kernels.smc.base.step` at one temperature:
+    ``move(key, particles, kernel_params) -> (particles, info)``, ``num_mcmc_steps`` steps of
+    ``kernel`` invariant for ``logdensity_fn`` on every particle (info leaves
+    ``[N, num_mcmc_steps, ...]``); the entries of ``kernel_params`` named in
+    ``per_particle_params`` have a leading particle axis, the others are shared."""
+    update = mcmc_update(kernel, num_mcmc_steps)
+    per = tuple(per_particle_params)
+
+    def one(k, x, params):
+        return update(k, x, logdensity_fn, params)
+
+    def move(key, particles, kernel_params):
+        params = dict(kernel_params or {})
+        missing = [name for name in per if name not in params]
+        if missing:
+            raise ValueError(
+                f"per_particle_params names {missing}, which are not in kernel_params "
+                f"(keys {sorted(params)})"
+            )
+        axes = {name: (0 if name in per else None) for name in params}
+        return base.vmap_move(one, axes if per else None)(key, particles, params)
 
     return move
 
@@ -89,6 +154,7 @@ def run(
     ess_threshold: float = 0.5,
     reference: ArrayTree | None = None,
     mesh: Mesh | None = None,
+    per_particle_params: Sequence[str] = (),
 ) -> sequential.SMCResult:
     """Tempered SMC over a fixed schedule (AIS when ``ess_threshold = 0``).
 
@@ -107,6 +173,8 @@ def run(
         ess_threshold: relative ESS threshold.
         reference: ``[K + 1, ...]`` reference path (conditional SMC / reverse AIS upper bound).
         mesh: shard the particles over this mesh (see :mod:`kernels.smc.sharding`).
+        per_particle_params: names of the ``kernel_params`` entries given per particle
+            (leading axis ``N``, e.g. one step size per particle); the others are shared.
 
     Returns:
         :class:`kernels.smc.sequential.SMCResult`; ``particles`` are the final positions.
@@ -117,14 +185,16 @@ def run(
             f"betas must be a 1-d schedule 0 = b_0 < ... < b_K = 1, got shape {betas.shape}"
         )
     log_pi = _densities(log_prior_fn, log_likelihood_fn, path)
-    move = mcmc_move(kernel, kernel_params, num_mcmc_steps)
+    _check_kernel(kernel)
+    params = dict(kernel_params or {})
 
     def init_fn(k, n):
         return jax.vmap(sample_prior_fn)(jax.random.split(k, n))
 
-    def propose_fn(k, x, t):
-        ld = lambda z: log_pi(z, betas[t - 1])
-        return jax.vmap(move, (0, 0, None))(jax.random.split(k, num_particles), x, ld)
+    def propose_fn(k, x, t):  # the move of base.step at beta_{t-1}
+        ld = lambda z: log_pi(z, betas[t - 1])  # noqa: E731
+        move = tempered_move(kernel, ld, num_mcmc_steps, per_particle_params)
+        return move(k, x, params)[0]
 
     def log_weight_fn(xp, x, t):
         def inc(z):  # one prior and one likelihood evaluation per particle
@@ -225,6 +295,7 @@ def adaptive(
     ess_threshold: float = 0.5,
     max_num_steps: int = 200,
     mesh: Mesh | None = None,
+    per_particle_params: Sequence[str] = (),
 ) -> AdaptiveResult:
     """ESS-adaptive tempered SMC (pilot run): ``beta_t`` by bisection so that the ESS after
     reweighting is ``target_ess * N`` (:func:`kernels.smc.annealing.next_beta_bisection`).
@@ -234,7 +305,9 @@ def adaptive(
 
     ``key``, ``sample_prior_fn``, ``log_prior_fn``, ``log_likelihood_fn``, ``kernel``,
     ``num_particles``, ``kernel_params``, ``num_mcmc_steps``, ``path``, ``resampling``,
-    ``ess_threshold`` and ``mesh`` are as in :func:`run`.
+    ``ess_threshold``, ``mesh`` and ``per_particle_params`` are as in :func:`run`. A
+    ``lax.while_loop`` of :func:`kernels.smc.base.step` whose fused move runs the MCMC kernel at
+    ``beta_t``, then picks ``beta_{t+1}`` and returns the increments.
 
     Args:
         target_ess: the conditional ESS of every reweighting, relative, in ``(0, 1)``.
@@ -244,7 +317,8 @@ def adaptive(
         :class:`AdaptiveResult`.
     """
     log_pi = _densities(log_prior_fn, log_likelihood_fn, path)
-    move = mcmc_move(kernel, kernel_params, num_mcmc_steps)
+    _check_kernel(kernel)
+    params = dict(kernel_params or {})
     n = num_particles
     if mesh is not None:
         sharding.check_divisible(n, mesh)
@@ -253,40 +327,55 @@ def adaptive(
     x0 = shard(jax.vmap(sample_prior_fn)(jax.random.split(k0, n)))
     betas0 = jnp.ones(max_num_steps + 1).at[0].set(0.0)
     ess0 = jnp.zeros(max_num_steps)
-    log_w0 = replicate(jnp.full(n, -jnp.log(n)))
+    state0 = base.SMCState(x0, replicate(jnp.full(n, -jnp.log(n))), jnp.zeros(()))
 
     def cond(c):
-        x, log_w, log_Z, betas, t, ess, key = c
+        state, betas, t, ess, key = c
         return (betas[t] < 1.0) & (t < max_num_steps)
 
     def body(c):
-        x, log_w, log_Z, betas, t, ess, key = c
+        state, betas, t, ess, key = c
         key, k_res, k_move = jax.random.split(key, 3)
-        x, log_w, _, _ = sequential.resample(k_res, x, log_w, ess_threshold, resampling, mesh)
         beta = betas[t]
-        x = jax.vmap(move, (0, 0, None))(jax.random.split(k_move, n), x, lambda z: log_pi(z, beta))
-        x = shard(x)
-        # prior and target log densities once per particle; the bisection reuses them
-        lp = jax.vmap(log_prior_fn)(x)
-        lt = lp + jax.vmap(log_likelihood_fn)(x)
-        lp, lt = replicate((lp, lt))
-        inc_fn = lambda b: path(lp, lt, b) - path(lp, lt, beta)  # noqa: E731
-        nb = annealing.next_beta_bisection(log_w, inc_fn, beta, target_ess)
-        nb = jnp.where(t + 1 == max_num_steps, 1.0, nb)
-        log_w = log_w + inc_fn(nb)
-        total = jax.nn.logsumexp(log_w)
-        log_w = rs.normalize(log_w)
-        return (
-            x,
-            log_w,
-            log_Z + total,
-            betas.at[t + 1].set(nb),
-            t + 1,
-            ess.at[t].set(rs.ess(log_w)),
-            key,
-        )
+        # the weights the move's CESS sees: those after the step's (deterministic) ESS trigger
+        log_w_cess = _after_resampling(state.log_weights, ess_threshold)
+        mcmc = tempered_move(kernel, lambda z: log_pi(z, beta), num_mcmc_steps, per_particle_params)
 
-    x, log_w, log_Z, betas, t, ess, _ = jax.lax.while_loop(
-        cond, body, (x0, log_w0, jnp.zeros(()), betas0, jnp.asarray(0), ess0, key)
+        def move(k, x, p):  # fused: MCMC at beta, then the next beta and the increments
+            x, info = mcmc(k, x, p)
+            x = shard(x)
+            # prior and target log densities once per particle; the bisection reuses them
+            lp = jax.vmap(log_prior_fn)(x)
+            lt = lp + jax.vmap(log_likelihood_fn)(x)
+            lp, lt = replicate((lp, lt))
+            inc_fn = lambda b: path(lp, lt, b) - path(lp, lt, beta)  # noqa: E731
+            nb = annealing.next_beta_bisection(log_w_cess, inc_fn, beta, target_ess)
+            nb = jnp.where(t + 1 == max_num_steps, 1.0, nb)
+            return x, inc_fn(nb), (info, nb)
+
+        state, info = base.step_with_keys(
+            k_res,
+            k_move,
+            state,
+            move,
+            None,
+            move_params=params,
+            ess_threshold=ess_threshold,
+            resampling=resampling,
+            mesh=mesh,
+        )
+        nb = info.update_info[1]
+        return state, betas.at[t + 1].set(nb), t + 1, ess.at[t].set(info.ess), key
+
+    state, betas, t, ess, _ = jax.lax.while_loop(
+        cond, body, (state0, betas0, jnp.asarray(0), ess0, key)
     )
-    return AdaptiveResult(x, log_w, log_Z, betas, t, ess)
+    return AdaptiveResult(state.particles, state.log_weights, state.log_Z, betas, t, ess)
+
+
+def _after_resampling(log_weights: Array, ess_threshold: float | Array) -> Array:
+    """The log weights after :func:`kernels.smc.base.resample`'s ESS trigger (uniform at the
+    same total if it fires): the trigger depends on the weights only, not on the key."""
+    n = log_weights.shape[0]
+    after = jnp.full_like(log_weights, jax.nn.logsumexp(log_weights) - jnp.log(n))
+    return jnp.where(rs.should_resample(log_weights, ess_threshold), after, log_weights)

@@ -7,29 +7,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.scipy.stats import norm
 
 from kernels.smc import annealing, estimators, tempering
+from tests.kernels.smc._gaussian import (
+    BETAS,
+    LOG_Z,
+    PARAMS,
+    POST_MEAN,
+    POST_SD,
+    D,
+    assert_matches_before,
+    log_lik,
+    log_prior,
+    sample_prior,
+)
 
-D, S = 2, 0.5
-Y = np.array([2.5, -1.0])  # shifted: posterior far from the prior on one side only
-LOG_Z = float(np.sum(norm.logpdf(Y, 0.0, np.sqrt(1 + S**2))))
-POST_MEAN, POST_SD = Y / (1 + S**2), np.sqrt(S**2 / (1 + S**2))
-BETAS = annealing.linear(8)
-PARAMS = dict(step_size=0.4, inverse_mass_matrix=np.ones(D), num_integration_steps=4)
 R = 96
-
-
-def log_prior(x):
-    return norm.logpdf(x).sum()
-
-
-def log_lik(x):
-    return norm.logpdf(jnp.asarray(Y, x.dtype), x, S).sum()
-
-
-def sample_prior(k):
-    return jax.random.normal(k, (D,))
 
 
 def _run(key, n, reference=None, betas=BETAS, ess_threshold=0.5):
@@ -263,3 +256,95 @@ def test_q_path_unbiased():
         lz = np.asarray(jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(9), 64)))
         e = np.exp(lz - LOG_Z)
         assert abs((e.mean() - 1) / (e.std(ddof=1) / np.sqrt(e.size))) < 4  # z-score
+
+
+# Regression: numbers of tempering.run / reference_path / adaptive before they became scans of
+# kernels.smc.base.step, captured with these seeds (float64, 5 linear steps, HMC); the rewrite
+# reproduces them bitwise on CPU (tolerances allow only float rounding).
+_BEFORE = {
+    "temp": {
+        "log_Z": -4.872603314449583,
+        "incs": [0.0, -1.8730211337580889, -1.0686745355393943, -0.7732035963149426,
+                 -0.6385761552935074, -0.5191278935436494],
+        "ess": [15.999999999999998, 5.582117172385978, 10.98598467313397, 8.179083836440903,
+                6.158106669487644, 14.995109559087009],
+        "resampled": [0, 1, 0, 0, 1],
+        "anc_sum": [120, 125, 120, 120, 136],
+        "x": [1.0823713630062912, -0.9378547440400172, 1.4532666097449982, -0.8566903259999376],
+        "lw": [-3.1491905638592117, -2.7902527509287163, -2.8350395508033452, -2.553229814519238],
+    },
+    "refpath": [0.03942503187527322, -0.3134213059620123, 0.9127942377011942,
+                -0.1771217820890646, 1.593533595738253, -0.166328938155443, 1.5354720780193811,
+                -0.6572428246328937, 1.9675541820230689, -0.8941366083247941, 2.0, -0.8],
+    "temp_csmc": {
+        "log_Z": -5.183738174612133,
+        "incs": [0.0, -2.5917161254137193, -0.9863702959774965, -0.7354396402544414,
+                 -0.49167851765187476, -0.3785335953146014],
+        "ess": [15.999999999999998, 6.40953777981789, 11.931167864294459, 11.45846696141,
+                9.290561511372557, 8.780467530094215],
+        "resampled": [0, 1, 0, 0, 0],
+        "anc_sum": [120, 110, 120, 120, 120],
+        "x": [2.0, -0.8, 2.038354100799514, -1.0828585356011793],
+        "lw": [-1.8015092299674282, -2.004591886733639, -6.670064366548834, -4.734847918033504],
+    },
+    "adaptive": {
+        "log_Z": -4.2785888059187895,
+        "num_steps": 4,
+        "betas": [0.0, 0.10998957909760065, 0.3227284713247218, 0.6560302335639447, 1.0],
+        "ess": [9.600000000028377, 5.386735074737731, 9.600000000001932, 9.055816027140128],
+        "x": [2.4515493538019797, -0.7502898627172391, 3.1355698517028205, -1.619895433266513],
+        "lw": [-2.2869748562783725, -5.142419978372623, -4.299003231096861, -3.6544714924789643],
+    },
+    "temp_f32": {
+        "log_Z": -5.272056579589844,
+        "incs": [0.0, -2.607640266418457, -0.9182255268096924, -0.834169864654541,
+                 -0.4038217067718506, -0.5081989765167236],
+        "ess": [16.0, 6.092316627502441, 12.126206398010254, 12.964444160461426,
+                10.634590148925781, 9.856842041015625],
+        "resampled": [0, 1, 0, 0, 0],
+        "anc_sum": [120, 124, 120, 120, 120],
+        "x": [1.6375693082809448, -0.8354000449180603, 2.6656994819641113, -1.9357515573501587],
+        "lw": [-2.3222129344940186, -6.022772789001465, -2.5918619632720947, -3.062551736831665],
+    },
+}  # fmt: skip
+
+
+def test_same_numbers_as_before_the_step_api():
+    """Same keys, same numbers as before tempering.run and adaptive became scans of base.step:
+    fixed-schedule SMC, the reverse reference path, conditional SMC on it, the adaptive pilot
+    (float64) and fixed-schedule SMC in float32."""
+    betas = annealing.linear(5)
+    kw = dict(kernel_params=PARAMS)
+
+    def run(k, **more):
+        return tempering.run(
+            k, sample_prior, log_prior, log_lik, betas, blackjax.hmc, 16, **kw, **more
+        )
+
+    with jax.enable_x64(True):
+        res = jax.jit(lambda k: run(k, num_mcmc_steps=2))(jax.random.key(21))
+        assert_matches_before(res, _BEFORE["temp"], 1e-10)
+        x_K = jnp.array([2.0, -0.8])
+        ref = jax.jit(
+            lambda k: tempering.reference_path(
+                k, x_K, log_prior, log_lik, betas, blackjax.hmc, **kw
+            )
+        )(jax.random.key(22))
+        np.testing.assert_allclose(np.asarray(ref).reshape(-1), _BEFORE["refpath"], rtol=1e-10)
+        res = jax.jit(lambda k: run(k, reference=ref))(jax.random.key(23))
+        assert_matches_before(res, _BEFORE["temp_csmc"], 1e-10)
+        a = jax.jit(
+            lambda k: tempering.adaptive(
+                k, sample_prior, log_prior, log_lik, blackjax.hmc, 16, target_ess=0.6, **kw
+            )
+        )(jax.random.key(24))
+        b = _BEFORE["adaptive"]
+        assert int(a.num_steps) == b["num_steps"]
+        k = b["num_steps"]
+        np.testing.assert_allclose(float(a.log_Z), b["log_Z"], rtol=1e-10)
+        np.testing.assert_allclose(a.betas[: k + 1], b["betas"], rtol=1e-10)
+        np.testing.assert_allclose(a.ess[:k], b["ess"], rtol=1e-10)
+        np.testing.assert_allclose(np.asarray(a.particles).reshape(-1)[:4], b["x"], rtol=1e-10)
+        np.testing.assert_allclose(a.log_weights[:4], b["lw"], rtol=1e-10)
+    res = jax.jit(run)(jax.random.key(21))
+    assert_matches_before(res, _BEFORE["temp_f32"], 1e-5)
