@@ -120,17 +120,23 @@ class BlackJAXKernel(MCMCKernel):
             SamplingAlgorithm`` whose ``info`` has ``acceptance_rate``. Subclasses may leave it
             None and override :meth:`make_algorithm` instead.
         step_size: initial step size.
-        inverse_mass_matrix: initial inverse mass matrix, ``(d,)`` or ``(d, d)`` (ravelled
-            order); identity if None.
+        inverse_mass_matrix: initial inverse mass matrix: ``(d,)`` or ``(d, d)`` (ravelled
+            order), or NumPyro's dict ``{(site, ...): (n,) or (n, n)}`` of blocks; identity if None.
         adapt_step_size: dual averaging of the step size during warmup.
         adapt_mass_matrix: windowed estimate of the inverse mass matrix during warmup.
-        dense_mass: dense (True) or diagonal (False) mass matrix.
+        dense_mass: dense (True) or diagonal (False) mass matrix, or NumPyro's structured form,
+            a list of site-name tuples with a dense block each (e.g. ``[("w",), ("x", "y")]``;
+            the other sites diagonal). With a model, ``adapt_state.inverse_mass_matrix`` is
+            NumPyro's dict of blocks, as in ``numpyro.infer.HMC``.
         target_accept_prob: target of dual averaging.
         find_heuristic_step_size: NumPyro's doubling/halving search of a step size whose single
             leapfrog step has acceptance about 0.8, at the start of each adaptation window.
         regularize_mass_matrix: shrink the estimated mass matrix as Stan does.
         init_strategy: NumPyro per-site initialisation (``init_to_uniform``, ``init_to_median``,
             ...).
+        forward_mode_differentiation: gradients of the potential by forward-mode autodiff
+            (``jax.jacfwd``), for models with control flow reverse mode cannot differentiate
+            (``lax.while_loop``); as NumPyro's HMC option.
     """
 
     def __init__(
@@ -148,6 +154,7 @@ class BlackJAXKernel(MCMCKernel):
         find_heuristic_step_size: bool = False,
         regularize_mass_matrix: bool = True,
         init_strategy: Callable = init_to_uniform,
+        forward_mode_differentiation: bool = False,
     ):
         if (model is None) == (potential_fn is None):
             raise ValueError("Pass exactly one of `model` or `potential_fn`.")
@@ -156,11 +163,7 @@ class BlackJAXKernel(MCMCKernel):
                 "kernel_factory must be callable as kernel_factory(logdensity_fn, step_size, "
                 f"inverse_mass_matrix) -> SamplingAlgorithm, got {type(kernel_factory).__name__}."
             )
-        if not isinstance(dense_mass, bool):
-            raise TypeError(
-                "dense_mass must be True or False (structured block mass matrices are not "
-                "supported by BlackJAXKernel; use numpyro.infer.NUTS for those)."
-            )
+        _check_dense_mass(dense_mass)
         if concrete(step_size) and not np.all(np.asarray(step_size) > 0):
             raise ValueError(f"step_size must be positive, got {step_size!r}.")
         if concrete(target_accept_prob) and not 0.0 < float(target_accept_prob) < 1.0:
@@ -177,6 +180,7 @@ class BlackJAXKernel(MCMCKernel):
         self._find_heuristic_step_size = find_heuristic_step_size
         self._regularize_mass_matrix = regularize_mass_matrix
         self._init_strategy = init_strategy
+        self._forward_mode = bool(forward_mode_differentiation)
         # set by init
         self._potential_fn_gen = None
         self._postprocess_fn = None
@@ -212,7 +216,10 @@ class BlackJAXKernel(MCMCKernel):
         without continuous latent sites: only deterministic or enumerated sites, or none)."""
         if ravel_pytree(z)[0].size == 0:
             return _static_algorithm(logdensity_fn)
-        return self.make_algorithm(logdensity_fn, step_size, inverse_mass_matrix)
+        if self._forward_mode:
+            logdensity_fn = forward_mode_gradient(logdensity_fn)
+        imm = flat_inverse_mass_matrix(inverse_mass_matrix, z)
+        return self.make_algorithm(logdensity_fn, step_size, imm)
 
     def accept_prob(self, info: Any) -> Array:
         """Acceptance statistic of one transition, the input of dual averaging.
@@ -320,6 +327,7 @@ class BlackJAXKernel(MCMCKernel):
             self._model,
             dynamic_args=True,
             init_strategy=self._init_strategy,
+            forward_mode_differentiation=self._forward_mode,
             model_args=model_args,
             model_kwargs=model_kwargs,
         )
@@ -381,7 +389,7 @@ class BlackJAXKernel(MCMCKernel):
             find_reasonable_step_size=find_ss,
             adapt_step_size=self._adapt_step_size,
             adapt_mass_matrix=self._adapt_mass_matrix,
-            dense_mass=self._dense_mass,
+            dense_mass=self._structured_dense_mass(init_params),
             target_accept_prob=self._target_accept_prob,
             regularize_mass_matrix=self._regularize_mass_matrix,
         )
@@ -428,9 +436,21 @@ class BlackJAXKernel(MCMCKernel):
         self._check_initial_potential(state.potential_energy)
         return state
 
+    def _structured_dense_mass(self, init_params) -> bool | list:
+        """NumPyro's convention: with a model, ``dense_mass`` becomes a list of site tuples
+        (``True``: one dense block over all sites, sorted; ``False``: none), so the adapted
+        inverse mass matrix is a dict of blocks; with ``potential_fn`` it stays as given."""
+        if self._model is None or not isinstance(self._dense_mass, bool):
+            return self._dense_mass
+        z = init_params.z if isinstance(init_params, ParamInfo) else init_params
+        return [tuple(sorted(z))] if self._dense_mass else []
+
     def _check_mass_matrix(self, z):
         imm = self._inverse_mass_matrix
         if imm is None:
+            return
+        if isinstance(imm, dict):
+            _check_mass_blocks(imm, z)
             return
         d = ravel_pytree(z)[0].size
         if jnp.shape(imm) not in ((d,), (d, d)):
@@ -510,6 +530,92 @@ def concrete(x: Any) -> bool:
     """Whether ``x`` has a value now: not a tracer (a kernel built inside ``jit`` with traced
     hyperparameters, as NumPyro's HMC and NUTS allow). Range checks apply to concrete values."""
     return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(x))
+
+
+def _check_dense_mass(dense_mass: Any) -> None:
+    ok = isinstance(dense_mass, bool) or (
+        isinstance(dense_mass, list)
+        and all(
+            isinstance(t, tuple) and t and all(isinstance(n, str) for n in t) for t in dense_mass
+        )
+    )
+    if not ok:
+        raise TypeError(
+            "dense_mass must be True, False or a list of tuples of site names, e.g. "
+            f'[("w",), ("x", "y")] (NumPyro\'s structured mass), got {dense_mass!r}.'
+        )
+
+
+def _site_slices(z: dict) -> dict[str, np.ndarray]:
+    """Indices of each site's entries in ``ravel_pytree(z)`` (sites in sorted order)."""
+    out, start = {}, 0
+    for name in sorted(z):
+        n = int(np.prod(jnp.shape(z[name])))
+        out[name] = np.arange(start, start + n)
+        start += n
+    return out
+
+
+def _check_mass_blocks(imm: dict, z: Any) -> None:
+    if not isinstance(z, dict):
+        raise ValueError(
+            "A dict inverse_mass_matrix {(site, ...): block} needs a position that is a dict of "
+            f"sites; got a {type(z).__name__}. Pass a (d,) or (d, d) array instead."
+        )
+    slices = _site_slices(z)
+    for key, block in imm.items():
+        if not isinstance(key, tuple) or any(k not in slices for k in key):
+            raise ValueError(
+                f"inverse_mass_matrix key {key!r} must be a tuple of latent site names among "
+                f"{sorted(slices)}."
+            )
+        n = sum(slices[k].size for k in key)
+        if jnp.shape(block) not in ((n,), (n, n)):
+            raise ValueError(
+                f"inverse_mass_matrix[{key!r}] has shape {jnp.shape(block)}; the sites {key} have "
+                f"{n} unconstrained entries: pass shape ({n},) (diagonal) or ({n}, {n}) (dense)."
+            )
+
+
+def flat_inverse_mass_matrix(imm: Any, z: Any) -> Array:
+    """NumPyro's dict of blocks ``{(site, ...): (n,) | (n, n)}`` as one matrix in the order of
+    ``ravel_pytree(z)``: ``(d,)`` when every block is diagonal, else the block-diagonal
+    ``(d, d)``; an array is returned as it is."""
+    if not isinstance(imm, dict):
+        return imm
+    slices = _site_slices(z)
+    idx = {key: np.concatenate([slices[k] for k in key]) for key in imm}
+    d = sum(v.size for v in slices.values())
+    dtype = jnp.result_type(*imm.values())
+    if all(jnp.ndim(b) == 1 for b in imm.values()):
+        out = jnp.zeros(d, dtype)
+        for key, block in imm.items():
+            out = out.at[idx[key]].set(block)
+        return out
+    out = jnp.zeros((d, d), dtype)
+    for key, block in imm.items():
+        block = jnp.diag(block) if jnp.ndim(block) == 1 else block
+        out = out.at[np.ix_(idx[key], idx[key])].set(block)
+    return out
+
+
+def forward_mode_gradient(logdensity_fn: Callable) -> Callable:
+    """``logdensity_fn`` whose reverse-mode derivative is computed by forward mode
+    (``jax.jacfwd``): BlackJAX kernels call ``jax.value_and_grad``, which then works for
+    functions with ``lax.while_loop`` (differentiable in forward mode only)."""
+
+    @jax.custom_vjp
+    def f(x):
+        return logdensity_fn(x)
+
+    def fwd(x):
+        return logdensity_fn(x), jax.jacfwd(logdensity_fn)(x)
+
+    def bwd(grad, ct):
+        return (jax.tree.map(lambda g: ct * g, grad),)
+
+    f.defvjp(fwd, bwd)
+    return f
 
 
 class StaticState(NamedTuple):

@@ -81,13 +81,17 @@ class InvolutiveMCMC(BlackJAXKernel):
         alpha: ``"irreversible_mala"`` only: momentum persistence in $[0, 1)$.
         adapt_step_size: dual averaging of the step size during warmup.
         adapt_mass_matrix: windowed mass-matrix estimate during warmup.
-        dense_mass: dense (True) or diagonal (False) mass matrix.
+        dense_mass: dense (True) or diagonal (False) mass matrix, or NumPyro's structured list
+            of site tuples with a dense block each (see :class:`ppl.BlackJAXKernel`).
         target_accept_prob: target of dual averaging; None gives the involution's default
             (table above; 0.8 for a user factory).
-        inverse_mass_matrix: initial inverse mass matrix, ``(d,)`` or ``(d, d)``.
+        inverse_mass_matrix: initial inverse mass matrix, ``(d,)`` or ``(d, d)``, or NumPyro's
+            dict of blocks ``{(site, ...): block}``.
         find_heuristic_step_size: NumPyro's step-size search at each adaptation window.
         regularize_mass_matrix: shrink the estimated mass matrix as Stan does.
         init_strategy: NumPyro per-site initialisation.
+        forward_mode_differentiation: gradients by forward-mode autodiff (models with
+            ``lax.while_loop``), as in NumPyro's HMC.
     """
 
     def __init__(
@@ -103,12 +107,13 @@ class InvolutiveMCMC(BlackJAXKernel):
         alpha: float = 0.9,
         adapt_step_size: bool = True,
         adapt_mass_matrix: bool = True,
-        dense_mass: bool = False,
+        dense_mass: bool | list[tuple[str, ...]] = False,
         target_accept_prob: float | None = None,
         inverse_mass_matrix: Array | None = None,
         find_heuristic_step_size: bool = False,
         regularize_mass_matrix: bool = True,
         init_strategy: Callable = init_to_uniform,
+        forward_mode_differentiation: bool = False,
     ):
         if isinstance(involution, str):
             if involution not in BUILTIN_INVOLUTIONS:
@@ -166,6 +171,7 @@ class InvolutiveMCMC(BlackJAXKernel):
             find_heuristic_step_size=find_heuristic_step_size,
             regularize_mass_matrix=regularize_mass_matrix,
             init_strategy=init_strategy,
+            forward_mode_differentiation=forward_mode_differentiation,
         )
 
     @property

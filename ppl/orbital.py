@@ -80,12 +80,16 @@ class OrbitalMCMC(BlackJAXKernel):
         rotation: $r \\in (0, 1)$ for the weight rotation, or None to draw from the weights.
         adapt_step_size: dual averaging of the step size during warmup.
         adapt_mass_matrix: windowed mass-matrix estimate during warmup.
-        dense_mass: dense (True) or diagonal (False) mass matrix.
+        dense_mass: dense (True) or diagonal (False) mass matrix, or NumPyro's structured list
+            of site tuples with a dense block each (see :class:`ppl.BlackJAXKernel`).
         target_accept_prob: target of dual averaging.
-        inverse_mass_matrix: initial inverse mass matrix, ``(d,)`` or ``(d, d)``.
+        inverse_mass_matrix: initial inverse mass matrix, ``(d,)`` or ``(d, d)``, or NumPyro's
+            dict of blocks ``{(site, ...): block}``.
         find_heuristic_step_size: NumPyro's step-size search at each adaptation window.
         regularize_mass_matrix: shrink the estimated mass matrix as Stan does.
         init_strategy: NumPyro per-site initialisation.
+        forward_mode_differentiation: gradients by forward-mode autodiff (models with
+            ``lax.while_loop``), as in NumPyro's HMC.
     """
 
     def __init__(
@@ -102,13 +106,14 @@ class OrbitalMCMC(BlackJAXKernel):
         rotation: float | None = 0.5,
         adapt_step_size: bool = True,
         adapt_mass_matrix: bool = True,
-        dense_mass: bool = False,
+        dense_mass: bool | list[tuple[str, ...]] = False,
         target_accept_prob: float = 0.8,
         inverse_mass_matrix: Array | None = None,
         find_heuristic_step_size: bool = False,
         regularize_mass_matrix: bool = True,
         init_strategy: Callable = init_to_uniform,
         momentum_persistence: float | None = None,
+        forward_mode_differentiation: bool = False,
     ):
         alpha = renamed(
             "alpha", alpha, "momentum_persistence", momentum_persistence, 0.0, "OrbitalMCMC"
@@ -160,6 +165,7 @@ class OrbitalMCMC(BlackJAXKernel):
             find_heuristic_step_size=find_heuristic_step_size,
             regularize_mass_matrix=regularize_mass_matrix,
             init_strategy=init_strategy,
+            forward_mode_differentiation=forward_mode_differentiation,
         )
 
     def window(self, step_size: Array) -> tuple[Array, Array | None]:

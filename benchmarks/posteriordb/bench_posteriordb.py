@@ -171,7 +171,7 @@ def bench_one(name, args):
         warm = results["InvolutiveMCMC (hmc)"]["state"].adapt_state
         # one chain's tuning for every chain (numpyro's HMC takes one step size / mass matrix)
         step_size = float(np.asarray(warm.step_size)[0])
-        inverse_mass_matrix = np.asarray(warm.inverse_mass_matrix)[0]
+        inverse_mass_matrix = {k: np.asarray(v)[0] for k, v in warm.inverse_mass_matrix.items()}
         peer = HMC(
             post.model,
             step_size=step_size,

@@ -162,8 +162,8 @@ def test_errors():
         BlackJAXKernel(normal_model, potential_fn=lambda z: z, kernel_factory=hmc_factory)
     with pytest.raises(TypeError, match="kernel_factory must be callable"):
         BlackJAXKernel(normal_model, kernel_factory="hmc")
-    with pytest.raises(TypeError, match="dense_mass must be True or False"):
-        BlackJAXKernel(normal_model, kernel_factory=hmc_factory, dense_mass=[("mu",)])
+    with pytest.raises(TypeError, match="list of tuples of site names"):
+        BlackJAXKernel(normal_model, kernel_factory=hmc_factory, dense_mass=[["mu"]])
     with pytest.raises(ValueError, match="target_accept_prob"):
         BlackJAXKernel(normal_model, kernel_factory=hmc_factory, target_accept_prob=1.5)
     pot = BlackJAXKernel(potential_fn=lambda z: jnp.sum(z**2), kernel_factory=hmc_factory)
