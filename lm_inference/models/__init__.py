@@ -2,7 +2,8 @@
 
 Each module's parameters live under Hugging Face's own names and layouts, so a checkpoint loads by
 name (:mod:`lm_inference.loading`), and its ``__call__(tokens, positions, layers, valid, start)``
-returns ``(final hidden states, updated per-layer KV cache)`` (:mod:`lm_inference.models.layers`).
+returns ``(final hidden states, updated KV cache of all layers)``, the layers under one
+``lax.scan`` (:mod:`lm_inference.models.layers`).
 
 Adding an architecture is declarative: a module in this package defines
 ``ARCHITECTURES = {model_type: Architecture(...)}`` stating its class, what it covers and its

@@ -39,6 +39,7 @@ from lm_inference.models.layers import (
     attend,
     attention_mask,
     rope_inverse_frequencies,
+    run_layers,
     write_kv,
 )
 
@@ -148,7 +149,10 @@ def layer_inv_freqs(config) -> list[np.ndarray]:
 
 
 class GemmaAttention(nnx.Module):
-    def __init__(self, config, window: int | None, inv_freq: np.ndarray, dtype):
+    """Attention over layer ``layer`` of the cache with ``spec["window"]`` and rope tables
+    ``spec["inv_freq"]`` (:func:`layer_windows`, :func:`layer_inv_freqs`)."""
+
+    def __init__(self, config, dtype):
         h, d = config.hidden_size, config.head_dim
         self.num_heads, self.num_kv = config.num_attention_heads, config.num_key_value_heads
         bias = bool(getattr(config, "attention_bias", False))
@@ -160,23 +164,20 @@ class GemmaAttention(nnx.Module):
         self.q_norm = GemmaRMSNorm(d, config.rms_norm_eps, dtype) if gemma3 else None
         self.k_norm = GemmaRMSNorm(d, config.rms_norm_eps, dtype) if gemma3 else None
         self.cap = None if gemma3 else config.attn_logit_softcapping
-        self.window = window
         self.scale = float(config.query_pre_attn_scalar) ** -0.5
-        # a constant, not a parameter: a tuple of floats is static (part of the graph definition)
-        self.inv_freq = tuple(float(f) for f in inv_freq)
 
-    def __call__(self, x, positions, cache, valid, start):
+    def __call__(self, x, positions, cache, valid, start, layer, spec):
         b, t, _ = x.shape
         q = self.q_proj(x).reshape(b, t, self.num_heads, -1)
         k = self.k_proj(x).reshape(b, t, self.num_kv, -1)
         v = self.v_proj(x).reshape(b, t, self.num_kv, -1)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        inv_freq = jnp.asarray(self.inv_freq, jnp.float32)
+        inv_freq = jnp.asarray(spec["inv_freq"], jnp.float32)
         q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
-        cache = write_kv(cache, k, v, start)
-        mask = attention_mask(valid, start + jnp.arange(t), self.window)
-        o = attend_softcapped(q, cache["k"], cache["v"], mask, self.scale, self.cap)
+        cache, keys, values = write_kv(cache, layer, k, v, start)
+        mask = attention_mask(valid, start + jnp.arange(t), spec["window"])
+        o = attend_softcapped(q, keys, values, mask, self.scale, self.cap)
         return self.o_proj(o), cache
 
 
@@ -194,17 +195,18 @@ class GemmaMLP(nnx.Module):
 
 
 class GemmaDecoderLayer(nnx.Module):
-    def __init__(self, config, window: int | None, inv_freq: np.ndarray, dtype):
+    def __init__(self, config, dtype):
         h, eps = config.hidden_size, config.rms_norm_eps
         self.input_layernorm = GemmaRMSNorm(h, eps, dtype)
-        self.self_attn = GemmaAttention(config, window, inv_freq, dtype)
+        self.self_attn = GemmaAttention(config, dtype)
         self.post_attention_layernorm = GemmaRMSNorm(h, eps, dtype)
         self.pre_feedforward_layernorm = GemmaRMSNorm(h, eps, dtype)
         self.mlp = GemmaMLP(config, dtype)
         self.post_feedforward_layernorm = GemmaRMSNorm(h, eps, dtype)
 
-    def __call__(self, x, positions, cache, valid, start):
-        a, cache = self.self_attn(self.input_layernorm(x), positions, cache, valid, start)
+    def __call__(self, x, positions, cache, valid, start, layer, spec):
+        h = self.input_layernorm(x)
+        a, cache = self.self_attn(h, positions, cache, valid, start, layer, spec)
         x = x + self.post_attention_layernorm(a)
         m = self.mlp(self.pre_feedforward_layernorm(x))
         return x + self.post_feedforward_layernorm(m), cache
@@ -213,8 +215,8 @@ class GemmaDecoderLayer(nnx.Module):
 class GemmaModel(nnx.Module):
     def __init__(self, config, dtype):
         self.embed_tokens = Embedding(config.vocab_size, config.hidden_size, dtype)
-        layers = zip(layer_windows(config), layer_inv_freqs(config), strict=True)
-        self.layers = nnx.List([GemmaDecoderLayer(config, w, f, dtype) for w, f in layers])
+        n = config.num_hidden_layers
+        self.layers = nnx.List([GemmaDecoderLayer(config, dtype) for _ in range(n)])
         self.norm = GemmaRMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
         self.hidden_size = config.hidden_size
 
@@ -229,15 +231,25 @@ class GemmaForCausalLM(nnx.Module):
         tied = getattr(config, "tie_word_embeddings", True)
         self.lm_head = None if tied else Linear(config.hidden_size, config.vocab_size, False, dtype)
         self.final_cap = getattr(config, "final_logit_softcapping", None)
+        # constants, not parameters: tuples are static (part of the graph definition)
+        self.windows = tuple(layer_windows(config))
+        self.inv_freqs = tuple(tuple(float(f) for f in inv) for inv in layer_inv_freqs(config))
 
-    def __call__(self, tokens: Array, positions: Array, layers: list, valid: Array, start):
+    def layer_specs(self) -> list[dict]:
+        """What differs between layers (:func:`lm_inference.models.layers.run_layers`)."""
+        return [
+            {"window": w, "inv_freq": f} for w, f in zip(self.windows, self.inv_freqs, strict=True)
+        ]
+
+    def __call__(self, tokens: Array, positions: Array, layers: dict, valid: Array, start):
         x = self.model.embed_tokens(tokens)
         x = x * embed_scale(self.model.hidden_size, x.dtype)
-        new = []
-        for layer, cache in zip(self.model.layers, layers, strict=True):
-            x, cache = layer(x, positions, cache, valid, start)
-            new.append(cache)
-        return self.model.norm(x), new
+
+        def step(layer, x, kv, i, spec):
+            return layer(x, positions, kv, valid, start, i, spec)
+
+        x, kv = run_layers(self.model.layers, x, layers, self.layer_specs(), step)
+        return self.model.norm(x), kv
 
     def unembed(self, hidden: Array) -> Array:
         """Next-token logits ``c tanh((h E^T) / c)`` (``c = final_logit_softcapping``)."""

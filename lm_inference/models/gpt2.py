@@ -20,30 +20,38 @@ from lm_inference.models.layers import (
     activation,
     attend,
     attention_mask,
+    run_layers,
     write_kv,
 )
 
-__all__ = ["GPT2LMHeadModel", "ARCHITECTURES"]
+__all__ = ["GPT2LMHeadModel", "attention_scales", "ARCHITECTURES"]
+
+
+def attention_scales(config) -> list[float]:
+    """Per layer: ``1 / sqrt(d)`` (``scale_attn_weights``) times ``1 / (layer + 1)``
+    (``scale_attn_by_inverse_layer_idx``)."""
+    d = config.n_embd // config.n_head
+    base = d**-0.5 if config.scale_attn_weights else 1.0
+    inverse = config.scale_attn_by_inverse_layer_idx
+    return [base / (i + 1.0 if inverse else 1.0) for i in range(config.n_layer)]
 
 
 class GPT2Attention(nnx.Module):
+    """``c_proj(attend(q, k, v))`` over layer ``layer`` of the cache, scaled by ``spec["scale"]``."""
+
     def __init__(self, config, layer: int, dtype):
         h = config.n_embd
         self.num_heads = config.n_head
         self.c_attn = Conv1D(h, 3 * h, dtype)
         self.c_proj = Conv1D(h, h, dtype)
-        d = h // config.n_head
-        self.scale = (d**-0.5 if config.scale_attn_weights else 1.0) / (
-            layer + 1.0 if config.scale_attn_by_inverse_layer_idx else 1.0
-        )
 
-    def __call__(self, x, cache, valid, start):
+    def __call__(self, x, cache, valid, start, layer, spec):
         b, t, h = x.shape
         q, k, v = jnp.split(self.c_attn(x), 3, axis=-1)
         q, k, v = (y.reshape(b, t, self.num_heads, -1) for y in (q, k, v))
-        cache = write_kv(cache, k, v, start)
+        cache, keys, values = write_kv(cache, layer, k, v, start)
         mask = attention_mask(valid, start + jnp.arange(t), None)
-        return self.c_proj(attend(q, cache["k"], cache["v"], mask, self.scale)), cache
+        return self.c_proj(attend(q, keys, values, mask, spec["scale"])), cache
 
 
 class GPT2MLP(nnx.Module):
@@ -65,8 +73,8 @@ class GPT2Block(nnx.Module):
         self.ln_2 = LayerNorm(config.n_embd, eps, dtype)
         self.mlp = GPT2MLP(config, dtype)
 
-    def __call__(self, x, cache, valid, start):
-        a, cache = self.attn(self.ln_1(x), cache, valid, start)
+    def __call__(self, x, cache, valid, start, layer, spec):
+        a, cache = self.attn(self.ln_1(x), cache, valid, start, layer, spec)
         x = x + a
         return x + self.mlp(self.ln_2(x)), cache
 
@@ -86,15 +94,21 @@ class GPT2LMHeadModel(nnx.Module):
         self.transformer = GPT2Model(config, dtype)
         tied = getattr(config, "tie_word_embeddings", True)
         self.lm_head = None if tied else Linear(config.n_embd, config.vocab_size, False, dtype)
+        self.scales = tuple(attention_scales(config))
 
-    def __call__(self, tokens: Array, positions: Array, layers: list, valid: Array, start):
+    def layer_specs(self) -> list[dict]:
+        """What differs between layers (:func:`lm_inference.models.layers.run_layers`)."""
+        return [{"scale": s} for s in self.scales]
+
+    def __call__(self, tokens: Array, positions: Array, layers: dict, valid: Array, start):
         m = self.transformer
         x = m.wte(tokens) + m.wpe(positions)
-        new = []
-        for block, cache in zip(m.h, layers, strict=True):
-            x, cache = block(x, cache, valid, start)
-            new.append(cache)
-        return m.ln_f(x), new
+
+        def step(block, x, kv, i, spec):
+            return block(x, kv, valid, start, i, spec)
+
+        x, kv = run_layers(m.h, x, layers, self.layer_specs(), step)
+        return m.ln_f(x), kv
 
     def unembed(self, hidden: Array) -> Array:
         """Next-token logits from final hidden states."""

@@ -22,7 +22,7 @@ from lm_inference.models.layers import (
     write_kv,
 )
 
-__all__ = ["GPTNeoForCausalLM", "ARCHITECTURES"]
+__all__ = ["GPTNeoForCausalLM", "layer_windows", "ARCHITECTURES"]
 
 
 class GPTNeoSelfAttention(nnx.Module):
@@ -33,27 +33,23 @@ class GPTNeoSelfAttention(nnx.Module):
         self.k_proj = Linear(h, h, False, dtype)
         self.v_proj = Linear(h, h, False, dtype)
         self.out_proj = Linear(h, h, True, dtype)
-        kind = config.attention_layers[layer]
-        if kind not in ("global", "local"):
-            raise NotImplementedError(f"GPT-Neo attention type {kind!r} is not supported.")
-        self.window = config.window_size if kind == "local" else None
 
-    def __call__(self, x, cache, valid, start):
+    def __call__(self, x, cache, valid, start, layer, spec):
         b, t, _ = x.shape
         q, k, v = (
             p(x).reshape(b, t, self.num_heads, -1) for p in (self.q_proj, self.k_proj, self.v_proj)
         )
-        cache = write_kv(cache, k, v, start)
-        mask = attention_mask(valid, start + jnp.arange(t), self.window)
-        return self.out_proj(attend(q, cache["k"], cache["v"], mask, 1.0)), cache
+        cache, keys, values = write_kv(cache, layer, k, v, start)
+        mask = attention_mask(valid, start + jnp.arange(t), spec["window"])
+        return self.out_proj(attend(q, keys, values, mask, 1.0)), cache
 
 
 class GPTNeoAttention(nnx.Module):
     def __init__(self, config, layer: int, dtype):
         self.attention = GPTNeoSelfAttention(config, layer, dtype)
 
-    def __call__(self, x, cache, valid, start):
-        return self.attention(x, cache, valid, start)
+    def __call__(self, x, cache, valid, start, layer, spec):
+        return self.attention(x, cache, valid, start, layer, spec)
 
 
 class GPTNeoMLP(nnx.Module):
@@ -91,6 +87,19 @@ class GPTNeoForCausalLM(GPT2LMHeadModel):
         self.transformer = GPTNeoModel(config, dtype)
         tied = getattr(config, "tie_word_embeddings", True)
         self.lm_head = None if tied else Linear(config.hidden_size, config.vocab_size, False, dtype)
+        self.windows = tuple(layer_windows(config))
+
+    def layer_specs(self) -> list[dict]:
+        return [{"window": w} for w in self.windows]
+
+
+def layer_windows(config) -> list[int | None]:
+    """Per layer: ``window_size`` for ``local`` layers, ``None`` for ``global`` ones."""
+    kinds = list(config.attention_layers)
+    unknown = sorted(set(kinds) - {"global", "local"})
+    if unknown:
+        raise NotImplementedError(f"GPT-Neo attention types {unknown} are not supported.")
+    return [config.window_size if k == "local" else None for k in kinds]
 
 
 def _dims(config) -> Dims:

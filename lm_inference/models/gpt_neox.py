@@ -29,6 +29,7 @@ from lm_inference.models.layers import (
     attend,
     attention_mask,
     rope_inverse_frequencies,
+    run_layers,
     write_kv,
 )
 
@@ -50,14 +51,14 @@ class GPTNeoXAttention(nnx.Module):
         self.dense = Linear(h, h, bias, dtype)
         self.scale = _head_dim(config) ** -0.5
 
-    def __call__(self, x, positions, inv_freq, cache, valid, start):
+    def __call__(self, x, positions, inv_freq, cache, valid, start, layer):
         b, t, _ = x.shape
         qkv = self.query_key_value(x).reshape(b, t, self.num_heads, 3, -1)
         q, k, v = qkv[..., 0, :], qkv[..., 1, :], qkv[..., 2, :]
         q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
-        cache = write_kv(cache, k, v, start)
+        cache, keys, values = write_kv(cache, layer, k, v, start)
         mask = attention_mask(valid, start + jnp.arange(t), None)
-        return self.dense(attend(q, cache["k"], cache["v"], mask, self.scale)), cache
+        return self.dense(attend(q, keys, values, mask, self.scale)), cache
 
 
 class GPTNeoXMLP(nnx.Module):
@@ -84,8 +85,9 @@ class GPTNeoXLayer(nnx.Module):
         self.mlp = GPTNeoXMLP(config, dtype)
         self.parallel = bool(config.use_parallel_residual)
 
-    def __call__(self, x, positions, inv_freq, cache, valid, start):
-        a, cache = self.attention(self.input_layernorm(x), positions, inv_freq, cache, valid, start)
+    def __call__(self, x, positions, inv_freq, cache, valid, start, layer):
+        h = self.input_layernorm(x)
+        a, cache = self.attention(h, positions, inv_freq, cache, valid, start, layer)
         if self.parallel:
             return self.mlp(self.post_attention_layernorm(x)) + a + x, cache
         y = a + x
@@ -118,15 +120,16 @@ class GPTNeoXForCausalLM(nnx.Module):
         freqs = rope_inverse_frequencies(config, _head_dim(config))
         self.inv_freq = tuple(float(f) for f in freqs)
 
-    def __call__(self, tokens: Array, positions: Array, layers: list, valid: Array, start):
+    def __call__(self, tokens: Array, positions: Array, layers: dict, valid: Array, start):
         m = self.gpt_neox
         x = m.embed_in(tokens)
         inv_freq = jnp.asarray(self.inv_freq, jnp.float32)
-        new = []
-        for layer, cache in zip(m.layers, layers, strict=True):
-            x, cache = layer(x, positions, inv_freq, cache, valid, start)
-            new.append(cache)
-        return m.final_layer_norm(x), new
+
+        def step(layer, x, kv, i, spec):  # every layer alike: no per-layer spec
+            return layer(x, positions, inv_freq, kv, valid, start, i)
+
+        x, kv = run_layers(m.layers, x, layers, [{}] * len(m.layers), step)
+        return m.final_layer_norm(x), kv
 
     def unembed(self, hidden: Array) -> Array:
         """Next-token logits from final hidden states."""

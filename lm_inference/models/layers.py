@@ -7,18 +7,24 @@ module's state by name alone, with no transposes (:mod:`lm_inference.loading`).
 The cache of a batch of ``B`` rows with room for ``S`` positions is a dict whose every leaf has
 the batch axis first (so reordering particles is one gather, :func:`lm_inference.base.reorder_cache`):
 
-- ``layers``: per layer ``{"k", "v"}`` of shape ``[B, S, H_kv, D]``;
+- ``layers``: ``{"k", "v"}``, every layer's keys and values stacked, ``[B, L, S, H_kv, D]``;
 - ``valid``: ``[B, S]`` which slots hold a real (non-padding) token;
 - ``index``: ``[B]`` the next slot to write (equal across rows: prompts are left-padded);
 - ``position``: ``[B]`` the next position id (real tokens so far, as ``generate`` counts them).
 
 Attention of a query in slot ``i`` sees slot ``j`` when ``valid[j]``, ``j <= i`` and, for
 windowed (local / sliding) layers, ``j > i - window``.
+
+The ``L`` decoder layers run under one ``jax.lax.scan`` (:func:`run_layers`), so the compiled
+program holds one layer body whatever the depth: the layers' parameters (stored per layer under
+Hugging Face's names) are stacked along a leading axis at trace time, and what differs between
+layers (window, rope tables, rope on/off, attention scale) is a per-layer *spec* scanned with them.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -40,7 +46,18 @@ __all__ = [
     "apply_rope",
     "new_cache",
     "write_kv",
+    "run_layers",
+    "stack_specs",
+    "SCAN_LAYERS",
+    "NO_WINDOW",
 ]
+
+SCAN_LAYERS = True
+"""Run the decoder layers under ``jax.lax.scan`` (``False``: a Python loop, one copy of the layer
+per depth in the compiled program; for benchmarks and tests). Read at trace time."""
+
+NO_WINDOW = 2**30
+"""The window a global layer's spec holds once specs are arrays (``None`` before)."""
 
 
 def _zeros(shape, dtype):
@@ -137,8 +154,9 @@ def activation(name: str):
     return _ACTIVATIONS[name]
 
 
-def attention_mask(valid: Array, query_slots: Array, window: int | None) -> Array:
-    """``[B, Tq, S]`` boolean mask for queries in ``query_slots [Tq]`` over a cache with ``valid [B, S]``."""
+def attention_mask(valid: Array, query_slots: Array, window: int | Array | None) -> Array:
+    """``[B, Tq, S]`` boolean mask for queries in ``query_slots [Tq]`` over a cache with ``valid [B, S]``
+    (``window`` may be traced: a scanned layer's spec)."""
     slots = jnp.arange(valid.shape[1])
     q = query_slots[:, None]
     mask = valid[:, None, :] & (slots[None, None, :] <= q[None])
@@ -220,21 +238,77 @@ def new_cache(
     batch: int, length: int, num_layers: int, num_kv_heads: int, head_dim: int, dtype
 ) -> dict:
     """An empty cache (module docstring) with room for ``length`` positions."""
-    zeros = jnp.zeros((batch, length, num_kv_heads, head_dim), dtype)
+    zeros = jnp.zeros((batch, num_layers, length, num_kv_heads, head_dim), dtype)
     return {
-        "layers": [{"k": zeros, "v": zeros} for _ in range(num_layers)],
+        "layers": {"k": zeros, "v": zeros},
         "valid": jnp.zeros((batch, length), bool),
         "index": jnp.zeros((batch,), jnp.int32),
         "position": jnp.zeros((batch,), jnp.int32),
     }
 
 
-def write_kv(layer_cache: dict, k: Array, v: Array, start: Array) -> dict:
-    """Write ``k, v [B, T, H_kv, D]`` into slots ``start .. start + T - 1`` of one layer's cache."""
-    k = jax.lax.dynamic_update_slice_in_dim(
-        layer_cache["k"], k.astype(layer_cache["k"].dtype), start, 1
-    )
-    v = jax.lax.dynamic_update_slice_in_dim(
-        layer_cache["v"], v.astype(layer_cache["v"].dtype), start, 1
-    )
-    return {"k": k, "v": v}
+def write_kv(
+    kv: dict, layer: int | Array, k: Array, v: Array, start: int | Array
+) -> tuple[dict, Array, Array]:
+    """Write ``k, v [B, T, H_kv, D]`` into slots ``start .. start + T - 1`` of layer ``layer`` of
+    ``kv`` (``{"k", "v"}`` of shape ``[B, L, S, H_kv, D]``); ``layer`` may be traced.
+
+    Returns:
+        ``(kv, keys, values)``: the updated cache (only the ``T`` new slots written) and that
+        layer's keys and values ``[B, S, H_kv, D]``.
+    """
+    out, layer_kv = {}, []
+    for name, new in (("k", k), ("v", v)):
+        full = jax.lax.dynamic_update_slice(
+            kv[name], new[:, None].astype(kv[name].dtype), (0, layer, start, 0, 0)
+        )
+        out[name] = full
+        layer_kv.append(jax.lax.dynamic_index_in_dim(full, layer, 1, keepdims=False))
+    return out, layer_kv[0], layer_kv[1]
+
+
+def stack_specs(specs: list[dict]) -> dict:
+    """Per-layer specs (dicts of Python values, one per layer) as arrays with a leading layer axis;
+    ``None`` (a global layer's window) becomes :data:`NO_WINDOW`."""
+    if not specs or not specs[0]:
+        return {}
+    out = {}
+    for key in specs[0]:
+        vals = [NO_WINDOW if s[key] is None else s[key] for s in specs]
+        out[key] = jnp.asarray(np.asarray(vals, np.float32 if isinstance(vals[0], tuple) else None))
+    return out
+
+
+def run_layers(layers, x: Array, kv: dict, specs: list[dict], step: Callable) -> tuple:
+    """``x, kv = step(layers[l], x, kv, l, specs[l])`` for ``l = 0 .. L - 1``.
+
+    Under :data:`SCAN_LAYERS`, and when every layer has the same graph definition (per-layer
+    differences live in ``specs``), one ``jax.lax.scan`` over the layers' states stacked along a
+    leading axis, ``l`` and the specs (:func:`stack_specs`) scanned with them and ``(x, kv)`` the
+    carry; otherwise a Python loop with ``l`` and the specs as Python values. Both compute the same
+    function.
+
+    Args:
+        layers: the ``L`` decoder-layer modules; x: the hidden states; kv: the stacked cache
+            ``{"k", "v"}`` (:func:`new_cache`); specs: ``L`` dicts with the same keys.
+        step: ``(layer, x, kv, l, spec) -> (x, kv)``.
+    """
+    layers = list(layers)
+    if len(specs) != len(layers):
+        raise ValueError(f"{len(specs)} layer specs for {len(layers)} layers.")
+    if SCAN_LAYERS and len(layers) > 1:
+        split = [nnx.split(layer) for layer in layers]
+        graphdef = split[0][0]
+        if all(g == graphdef for g, _ in split[1:]):
+            stacked = jax.tree.map(lambda *a: jnp.stack(a), *(s for _, s in split))
+
+            def body(carry, xs):
+                i, state, spec = xs
+                return step(nnx.merge(graphdef, state), *carry, i, spec), None
+
+            xs = (jnp.arange(len(layers), dtype=jnp.int32), stacked, stack_specs(specs))
+            (x, kv), _ = jax.lax.scan(body, (x, kv), xs)
+            return x, kv
+    for i, (layer, spec) in enumerate(zip(layers, specs, strict=True)):
+        x, kv = step(layer, x, kv, i, spec)
+    return x, kv

@@ -10,9 +10,14 @@ grouped-query attention (``num_key_value_heads`` <= ``num_attention_heads``), Sw
 | mistral | no | no | ``sliding_window`` on every layer (when set) |
 | qwen2 | yes | no | on the layers ``layer_types`` marks ``sliding_attention`` |
 
-Further variants subclass these modules in their own files through three hooks:
-:meth:`LlamaAttention.heads` (the pre-rope q, k, v), :meth:`LlamaAttention.rotate` (rope on q, k)
-and ``LlamaForCausalLM.layer_class`` (the decoder block, built as ``cls(config, layer, dtype)``):
+The layers run under one scan (:func:`lm_inference.models.layers.run_layers`); what differs between
+layers is in :meth:`LlamaForCausalLM.layer_specs` (the window; SmolLM3 adds the rope flag), not in
+the layer modules, so that every layer has the same graph definition.
+
+Further variants subclass these modules in their own files through four hooks:
+:meth:`LlamaAttention.heads` (the pre-rope q, k, v), :meth:`LlamaAttention.rotate` (rope on q, k,
+given the layer's spec), :meth:`LlamaForCausalLM.layer_specs` and ``LlamaForCausalLM.layer_class``
+(the decoder block, built as ``cls(config, layer, dtype)``):
 
 | model_type | module | what differs |
 |---|---|---|
@@ -37,6 +42,7 @@ from lm_inference.models.layers import (
     attend,
     attention_mask,
     rope_inverse_frequencies,
+    run_layers,
     write_kv,
 )
 
@@ -80,7 +86,8 @@ def _biases(config) -> tuple[bool, bool, bool]:
 
 
 class LlamaAttention(nnx.Module):
-    """``o_proj(attend(rope(q), rope(k), v))`` over the cache, windowed as :func:`layer_windows`."""
+    """``o_proj(attend(rope(q), rope(k), v))`` over layer ``layer`` of the cache, windowed by
+    ``spec["window"]`` (:func:`layer_windows`)."""
 
     def __init__(self, config, layer: int, dtype):
         h, d = config.hidden_size, head_dim(config)
@@ -91,7 +98,6 @@ class LlamaAttention(nnx.Module):
         self.k_proj = Linear(h, self.num_kv * d, qkv_bias, dtype)
         self.v_proj = Linear(h, self.num_kv * d, qkv_bias, dtype)
         self.o_proj = Linear(self.num_heads * d, h, o_bias, dtype)
-        self.window = layer_windows(config)[layer]
         self.scale = d**-0.5
 
     def heads(self, x: Array) -> tuple[Array, Array, Array]:
@@ -102,16 +108,18 @@ class LlamaAttention(nnx.Module):
         v = self.v_proj(x).reshape(b, t, self.num_kv, self.head_dim)
         return q, k, v
 
-    def rotate(self, q: Array, k: Array, positions: Array, inv_freq: Array) -> tuple[Array, Array]:
+    def rotate(
+        self, q: Array, k: Array, positions: Array, inv_freq: Array, spec: dict
+    ) -> tuple[Array, Array]:
         """Rope on ``q`` and ``k``."""
         return apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
 
-    def __call__(self, x, positions, inv_freq, cache, valid, start):
+    def __call__(self, x, positions, inv_freq, cache, valid, start, layer, spec):
         q, k, v = self.heads(x)
-        q, k = self.rotate(q, k, positions, inv_freq)
-        cache = write_kv(cache, k, v, start)
-        mask = attention_mask(valid, start + jnp.arange(x.shape[1]), self.window)
-        return self.o_proj(attend(q, cache["k"], cache["v"], mask, self.scale)), cache
+        q, k = self.rotate(q, k, positions, inv_freq, spec)
+        cache, keys, values = write_kv(cache, layer, k, v, start)
+        mask = attention_mask(valid, start + jnp.arange(x.shape[1]), spec["window"])
+        return self.o_proj(attend(q, keys, values, mask, self.scale)), cache
 
 
 class LlamaMLP(nnx.Module):
@@ -139,8 +147,9 @@ class LlamaDecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps, dtype)
         self.mlp = LlamaMLP(config, dtype)
 
-    def __call__(self, x, positions, inv_freq, cache, valid, start):
-        a, cache = self.self_attn(self.input_layernorm(x), positions, inv_freq, cache, valid, start)
+    def __call__(self, x, positions, inv_freq, cache, valid, start, layer, spec):
+        h = self.input_layernorm(x)
+        a, cache = self.self_attn(h, positions, inv_freq, cache, valid, start, layer, spec)
         x = x + a
         return x + self.mlp(self.post_attention_layernorm(x)), cache
 
@@ -164,15 +173,21 @@ class LlamaForCausalLM(nnx.Module):
         self.lm_head = None if tied else Linear(config.hidden_size, config.vocab_size, False, dtype)
         # a constant, not a parameter: a tuple of floats is static (part of the graph definition)
         self.inv_freq = tuple(float(f) for f in rope_inverse_frequencies(config, head_dim(config)))
+        self.windows = tuple(layer_windows(config))
 
-    def __call__(self, tokens: Array, positions: Array, layers: list, valid: Array, start):
+    def layer_specs(self) -> list[dict]:
+        """What differs between layers (:func:`lm_inference.models.layers.run_layers`)."""
+        return [{"window": w} for w in self.windows]
+
+    def __call__(self, tokens: Array, positions: Array, layers: dict, valid: Array, start):
         x = self.model.embed_tokens(tokens)
         inv_freq = jnp.asarray(self.inv_freq, jnp.float32)
-        new = []
-        for layer, cache in zip(self.model.layers, layers, strict=True):
-            x, cache = layer(x, positions, inv_freq, cache, valid, start)
-            new.append(cache)
-        return self.model.norm(x), new
+
+        def step(layer, x, kv, i, spec):
+            return layer(x, positions, inv_freq, kv, valid, start, i, spec)
+
+        x, kv = run_layers(self.model.layers, x, layers, self.layer_specs(), step)
+        return self.model.norm(x), kv
 
     def unembed(self, hidden: Array) -> Array:
         """Next-token logits from final hidden states."""

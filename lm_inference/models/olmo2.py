@@ -45,7 +45,6 @@ class Olmo2Attention(LlamaAttention):
 
     def __init__(self, config, layer: int, dtype):
         super().__init__(config, layer, dtype)
-        self.window = None  # OLMo 2 attends over the full causal context on every layer
         eps = config.rms_norm_eps
         self.q_norm = Olmo2RMSNorm(self.num_heads * self.head_dim, eps, dtype)
         self.k_norm = Olmo2RMSNorm(self.num_kv * self.head_dim, eps, dtype)
@@ -68,8 +67,8 @@ class Olmo2DecoderLayer(nnx.Module):
         self.mlp = LlamaMLP(config, dtype)
         self.post_feedforward_layernorm = Olmo2RMSNorm(config.hidden_size, eps, dtype)
 
-    def __call__(self, x, positions, inv_freq, cache, valid, start):
-        a, cache = self.self_attn(x, positions, inv_freq, cache, valid, start)
+    def __call__(self, x, positions, inv_freq, cache, valid, start, layer, spec):
+        a, cache = self.self_attn(x, positions, inv_freq, cache, valid, start, layer, spec)
         x = x + self.post_attention_layernorm(a)
         return x + self.post_feedforward_layernorm(self.mlp(x)), cache
 
@@ -82,6 +81,7 @@ class Olmo2ForCausalLM(LlamaForCausalLM):
     def __init__(self, config, dtype):
         super().__init__(config, dtype)
         self.model.norm = Olmo2RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+        self.windows = (None,) * config.num_hidden_layers  # full causal attention on every layer
 
 
 ARCHITECTURES = {

@@ -42,6 +42,7 @@ from lm_inference.models.layers import (
     attend,
     attention_mask,
     rope_inverse_frequencies,
+    run_layers,
     write_kv,
 )
 
@@ -96,7 +97,7 @@ class Phi3Attention(nnx.Module):
         self.window = getattr(config, "sliding_window", None)
         self.scale = d**-0.5
 
-    def __call__(self, x, positions, rope, cache, valid, start):
+    def __call__(self, x, positions, rope, cache, valid, start, layer):
         b, t, _ = x.shape
         inv_freq, rope_scale = rope
         nq, nkv = self.num_heads * self.head_dim, self.num_kv * self.head_dim
@@ -106,9 +107,9 @@ class Phi3Attention(nnx.Module):
         v = qkv[..., nq + nkv :].reshape(b, t, self.num_kv, self.head_dim)
         q = apply_rope(q, positions, inv_freq, rope_scale)
         k = apply_rope(k, positions, inv_freq, rope_scale)
-        cache = write_kv(cache, k, v, start)
+        cache, keys, values = write_kv(cache, layer, k, v, start)
         mask = attention_mask(valid, start + jnp.arange(t), self.window)
-        return self.o_proj(attend(q, cache["k"], cache["v"], mask, self.scale)), cache
+        return self.o_proj(attend(q, keys, values, mask, self.scale)), cache
 
 
 class Phi3MLP(nnx.Module):
@@ -135,8 +136,9 @@ class Phi3DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps, dtype)
         self.mlp = Phi3MLP(config, dtype)
 
-    def __call__(self, x, positions, rope, cache, valid, start):
-        a, cache = self.self_attn(self.input_layernorm(x), positions, rope, cache, valid, start)
+    def __call__(self, x, positions, rope, cache, valid, start, layer):
+        h = self.input_layernorm(x)
+        a, cache = self.self_attn(h, positions, rope, cache, valid, start, layer)
         x = x + a
         return x + self.mlp(self.post_attention_layernorm(x)), cache
 
@@ -174,16 +176,18 @@ class Phi3ForCausalLM(nnx.Module):
         self.rope_scale = scale
         self.original_max_positions = orig
 
-    def __call__(self, tokens: Array, positions: Array, layers: list, valid: Array, start):
+    def __call__(self, tokens: Array, positions: Array, layers: dict, valid: Array, start):
         x = self.model.embed_tokens(tokens)
-        long = layers[0]["k"].shape[1] > self.original_max_positions  # static: the cache length
+        long = layers["k"].shape[2] > self.original_max_positions  # static: the cache length
         inv_freq = jnp.asarray(self.long_inv_freq if long else self.short_inv_freq, jnp.float32)
         rope = (inv_freq, self.rope_scale)
-        new = []
-        for layer, cache in zip(self.model.layers, layers, strict=True):
-            x, cache = layer(x, positions, rope, cache, valid, start)
-            new.append(cache)
-        return self.model.norm(x), new
+
+        def step(layer, x, kv, i, spec):  # every layer alike: no per-layer spec
+            return layer(x, positions, rope, kv, valid, start, i)
+
+        specs = [{}] * len(self.model.layers)
+        x, kv = run_layers(self.model.layers, x, layers, specs, step)
+        return self.model.norm(x), kv
 
     def unembed(self, hidden: Array) -> Array:
         """Next-token logits from final hidden states."""

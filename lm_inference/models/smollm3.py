@@ -11,6 +11,8 @@ Everything else as :mod:`lm_inference.models.llama`: pre-norm, SwiGLU MLP (``mlp
 
 from __future__ import annotations
 
+import jax.numpy as jnp
+
 from kernels.types import Array
 from lm_inference.models import Architecture, decoder_dims
 from lm_inference.models.llama import LlamaAttention, LlamaDecoderLayer, LlamaForCausalLM
@@ -29,14 +31,16 @@ def uses_rope(config) -> list[bool]:
 
 
 class SmolLM3Attention(LlamaAttention):
-    """Llama attention whose q and k are rotated only on the layers :func:`uses_rope` marks."""
+    """Llama attention whose q and k are rotated only where ``spec["rope"]`` (:func:`uses_rope`)."""
 
-    def __init__(self, config, layer: int, dtype):
-        super().__init__(config, layer, dtype)
-        self.use_rope = uses_rope(config)[layer]
-
-    def rotate(self, q: Array, k: Array, positions: Array, inv_freq: Array) -> tuple[Array, Array]:
-        return super().rotate(q, k, positions, inv_freq) if self.use_rope else (q, k)
+    def rotate(
+        self, q: Array, k: Array, positions: Array, inv_freq: Array, spec: dict
+    ) -> tuple[Array, Array]:
+        flag = spec["rope"]
+        if isinstance(flag, bool):  # unrolled: a Python flag
+            return super().rotate(q, k, positions, inv_freq, spec) if flag else (q, k)
+        qr, kr = super().rotate(q, k, positions, inv_freq, spec)  # scanned: a traced flag
+        return jnp.where(flag, qr, q), jnp.where(flag, kr, k)
 
 
 class SmolLM3DecoderLayer(LlamaDecoderLayer):
@@ -47,6 +51,15 @@ class SmolLM3ForCausalLM(LlamaForCausalLM):
     """SmolLM3 causal LM (``SmolLM3ForCausalLM``)."""
 
     layer_class = SmolLM3DecoderLayer
+
+    def __init__(self, config, dtype):
+        super().__init__(config, dtype)
+        self.rope_flags = tuple(uses_rope(config))
+
+    def layer_specs(self) -> list[dict]:
+        return [
+            {**s, "rope": r} for s, r in zip(super().layer_specs(), self.rope_flags, strict=True)
+        ]
 
 
 ARCHITECTURES = {

@@ -4,7 +4,9 @@ torch is a test-only dependency: it builds the reference models and their ``save
 checkpoints; the code under test loads them with safetensors and runs them in JAX.
 """
 
+import atexit
 import functools
+import shutil
 import tempfile
 
 import numpy as np
@@ -114,6 +116,7 @@ def checkpoint(name: str, factory=None) -> tuple[str, object]:
     """``(folder, torch model)``: the model saved with ``save_pretrained`` (cached per session)."""
     model = torch_model(name, factory=factory)
     folder = tempfile.mkdtemp(prefix=f"ckpt_{name}_")
+    atexit.register(shutil.rmtree, folder, True)
     model.save_pretrained(folder)
     return folder, model
 
