@@ -120,9 +120,7 @@ class ImplicitMH:
         Returns:
             The ``DiscriminatorFit`` (also stored as ``self.fit_result``).
         """
-        self.fit_result = fit_discriminator(
-            key, self.target, self.sample_proposal, **fit_kwargs
-        )
+        self.fit_result = fit_discriminator(key, self.target, self.sample_proposal, **fit_kwargs)
         return self.fit_result
 
     def run(self, key: PRNGKey, num_chains: int = 1000, num_steps: int = 50) -> ImplicitMHResult:

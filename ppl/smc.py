@@ -4,10 +4,12 @@ The model is split by :func:`ppl.densities.split_model` into a prior $\log p_0(u
 Jacobian of the transforms) and a likelihood $\ell(u)$ in the unconstrained space.
 
 The sampler targets $\pi_k(u) \propto p_0(u)\, e^{\beta_k \ell(u)}$ for
-$0 = \beta_0 < \dots < \beta_K = 1$ (Del Moral, Doucet and Jasra, 2006): at step ``k`` it
-reweights by $w = e^{(\beta_k - \beta_{k-1}) \ell(u)}$, resamples when the ESS falls
-below a threshold, and moves every particle with ``num_mcmc_steps`` steps of an MCMC kernel
-invariant for $\pi_k$. $\log \hat Z = \sum_k \log \sum_i \bar w_{k-1}^i w_k^i$ is an
+$0 = \beta_0 < \dots < \beta_K = 1$ (Del Moral, Doucet and Jasra, 2006). Every run is a loop of
+:func:`kernels.smc.base.step`: step ``k`` resamples when the ESS falls below a threshold, moves
+every particle with ``num_mcmc_steps`` steps of an MCMC kernel invariant for $\pi_{k-1}$ (the
+identity at ``k = 1``) and reweights by $w = e^{(\beta_k - \beta_{k-1}) \ell(u)}$; with an
+adaptive schedule its fused move also picks $\beta_k$. A final resampling and move at
+$\beta_K$ give the samples. $\log \hat Z = \sum_k \log \sum_i \bar w_{k-1}^i w_k^i$ is an
 unbiased estimator of $Z$ (a stochastic lower bound on $\log Z$).
 
 Given an exact posterior sample (``run(..., reference=...)``), it runs conditional SMC (Andrieu, Doucet and
@@ -131,23 +133,6 @@ class TemperedSMCResult(NamedTuple):
         return to_arviz(self.samples)
 
 
-# --------------------------------------------------------------------------- resampling
-def _scheme(conditional: bool):
-    """Systematic resampling, or conditional multinomial (index 0 keeps ancestor 0)."""
-    from kernels.smc import resampling
-
-    return resampling.conditional_multinomial if conditional else resampling.systematic
-
-
-class _Carry(NamedTuple):
-    u: Array  # (N, d)
-    loglik: Array  # (N,)
-    log_w: Array  # (N,) normalized log weights
-    log_Z: Array
-    step_size: Array
-    key: PRNGKey
-
-
 class TemperedSMC:
     """Tempered SMC for a NumPyro model (prior times likelihood^beta, unconstrained space).
 
@@ -262,35 +247,29 @@ class TemperedSMC:
             raise ValueError("schedule must increase strictly from beta=0 to beta=1")
         return schedule if isinstance(schedule, FrozenSchedule) else jnp.asarray(betas)
 
-    # ------------------------------------------------------------------ moves
+    # ------------------------------------------------------------------ the move
     def _move(self, key, u, beta, dens, step_size, imm):
-        """``num_mcmc_steps`` kernel steps for every particle, targeting prior + beta * loglik."""
+        """``num_mcmc_steps`` kernel steps on every particle, invariant for
+        ``log p_0 + beta * ell`` (:func:`kernels.smc.tempering.tempered_move`).
 
-        def logdensity(x):
-            return dens.log_tempered(x, beta)
+        Returns ``(positions (N, d), log-likelihoods (N,), mean acceptance rate (N,))``.
+        """
+        from kernels.smc import tempering
 
-        step = self.kernel.build_kernel()
-        params = {k: v for k, v in self.kernel_params.items()}
+        params = dict(self.kernel_params)
         if self._takes_step_size:
             params["step_size"] = step_size
         if self._takes_imm and imm is not None:
             params["inverse_mass_matrix"] = imm
-
-        def one(key, x):
-            state = self.kernel.init(x, logdensity)
-
-            def body(state, k):
-                state, info = step(k, state, logdensity, **params)
-                return state, info.acceptance_rate
-
-            state, acc = jax.lax.scan(body, state, jax.random.split(key, self.num_mcmc_steps))
-            return state.position, jnp.mean(acc)
-
-        keys = jax.random.split(key, u.shape[0])
-        new_u, acc = jax.vmap(one)(keys, u)
+        move = tempering.tempered_move(
+            self.kernel, lambda x: dens.log_tempered(x, beta), self.num_mcmc_steps
+        )
+        new_u, info = move(key, u, params)
+        acc = jnp.mean(info.acceptance_rate, axis=1)
         return new_u, jax.vmap(dens.log_likelihood)(new_u), acc
 
     def _imm(self, u, log_w):
+        """Diagonal inverse mass matrix: the weighted particle variance (when adapted)."""
         if not (self._takes_imm and self.adapt_mass_matrix):
             return self.kernel_params.get("inverse_mass_matrix", jnp.ones(u.shape[1]))
         w = jax.nn.softmax(log_w)[:, None]
@@ -298,39 +277,36 @@ class TemperedSMC:
         var = jnp.sum(w * (u - mean) ** 2, 0)
         return jnp.clip(var, 1e-8, 1e8)
 
-    # ------------------------------------------------------------------ one SMC step
-    def _step(self, c: _Carry, d_beta, beta, dens, imm, step_size, reference, last):
-        from kernels.smc import resampling, sequential
-
-        key, k_res, k_move = jax.random.split(c.key, 3)
-        inc = d_beta * c.loglik
-        inc = jnp.where(jnp.isnan(inc), -jnp.inf, inc)
-        log_w_un = c.log_w + inc
-        log_norm = jax.nn.logsumexp(log_w_un)
-        log_Z = c.log_Z + log_norm
-        log_w = log_w_un - log_norm
-        ess = resampling.ess(log_w)
-        if imm is None:  # weighted variance under pi_k, before resampling
-            imm = self._imm(self._replicate(c.u), log_w)
-        conditional = reference is not None
-        threshold = jnp.where(last, 1.0, self.ess_threshold)
-        u, log_w, _, do_resample = sequential.resample(
-            k_res, c.u, log_w, threshold, _scheme(conditional), self._mesh
-        )
-        new_u, new_ll, acc = self._move(k_move, u, beta, dens, step_size, imm)
-        if conditional:  # particle 0 follows the reference path
-            new_u = new_u.at[0].set(reference)
-            new_ll = new_ll.at[0].set(dens.log_likelihood(reference))
-        acc = self._replicate(acc)
-        acc = jnp.mean(acc[1:] if conditional else acc)
+    def _next_step_size(self, step_size, acc):
+        """``step_size * exp(clip(acc - target_acceptance, -1/2, 1/2))`` when adapted."""
         if self.adapt_step_size and self._takes_step_size:
-            next_step = step_size * jnp.exp(jnp.clip(acc - self.target_acceptance, -0.5, 0.5))
-        else:
-            next_step = step_size
-        new_u = self._shard(new_u)
-        new_ll, log_w = self._replicate((new_ll, log_w))
-        carry = _Carry(new_u, new_ll, log_w, log_Z, next_step, key)
-        return carry, (ess, do_resample, acc, step_size, imm)
+            return step_size * jnp.exp(jnp.clip(acc - self.target_acceptance, -0.5, 0.5))
+        return step_size
+
+    def _final(self, k_res, k_move, state, dens, step_size, imm):
+        """Resample (always, systematic) and move at ``beta_K = 1``: the returned equally
+        weighted samples. A `kernels.smc.base.step` with log potential 0 (``log_Z`` unchanged).
+
+        Returns ``(positions (N, d), mean acceptance rate)``.
+        """
+        from kernels.smc import base
+
+        one = jnp.ones((), state.particles.dtype)
+
+        def move(k, u, _):
+            u, _, acc = self._move(k, u, one, dens, step_size, imm)
+            return u, acc
+
+        state, info = base.step_with_keys(
+            k_res,
+            k_move,
+            state,
+            move,
+            lambda prev, u: jnp.zeros(u.shape[0], u.dtype),
+            ess_threshold=1.0,
+            mesh=self._mesh,
+        )
+        return state.particles, jnp.mean(self._replicate(info.update_info))
 
     # ------------------------------------------------------------------ drivers
     def _shard(self, tree):
@@ -343,17 +319,6 @@ class TemperedSMC:
 
         return sharding.replicate_fn(self._mesh)(tree)
 
-    def _init(self, key, dens, reference0=None):
-        k_init, key = jax.random.split(key)
-        u = jax.vmap(dens.sample_prior)(jax.random.split(k_init, self.num_particles))
-        if reference0 is not None:
-            u = u.at[0].set(reference0)
-        loglik = jax.vmap(dens.log_likelihood)(u)
-        u, loglik = self._shard(u), self._replicate(loglik)
-        n = self.num_particles
-        step_size = jnp.asarray(self.kernel_params.get("step_size", 1.0), u.dtype)
-        return _Carry(u, loglik, jnp.full(n, -jnp.log(n)), jnp.zeros((), u.dtype), step_size, key)
-
     def _run_fixed(self, key, dens, frozen: FrozenSchedule, reference=None):
         """Fixed schedule on `kernels.smc.sequential.run` ("move, then reweight").
 
@@ -363,7 +328,7 @@ class TemperedSMC:
         move at ``beta_K`` give the returned (equally weighted) samples. ``reference``:
         ``(K + 1, d)`` path of particle 0 (conditional SMC).
         """
-        from kernels.smc import resampling, sequential
+        from kernels.smc import base, resampling, sequential
 
         betas = frozen.betas
         K = betas.shape[0] - 1
@@ -411,84 +376,128 @@ class TemperedSMC:
             conditional_resampling=resampling.conditional_multinomial if path else None,
             mesh=self._mesh,
         )
-        idx = resampling.unchecked(resampling.systematic)(k_res, res.log_weights, n)
-        u, _, acc = self._move(
+        state = base.SMCState(res.particles.u, res.log_weights, res.log_Z)
+        u, acc = self._final(
+            k_res,
             k_move,
-            res.particles.u[idx],
-            betas[K],
+            state,
             dens,
             frozen.step_sizes[K - 1],
             frozen.inverse_mass_matrices[K - 1],
         )
-        accs = jnp.full(K, jnp.nan, u.dtype).at[K - 1].set(jnp.mean(acc))
+        accs = jnp.full(K, jnp.nan, u.dtype).at[K - 1].set(acc)
         resampled = res.resampled.at[K - 1].set(True)
         return u, res.log_Z, res.ess[1:], resampled, accs, frozen, jnp.asarray(K)
 
     def _run_adaptive(self, key, dens, betas_fixed=None):
-        """ESS-adaptive betas (bisection on the conditional ESS), or fixed betas with adaptation
-        of the step size and mass matrix; settings recorded in buffers of ``max_num_steps``."""
-        c = self._init(key, dens)
+        r"""ESS-adaptive betas, or the given betas, with the step size and mass matrix adapted.
+
+        A loop of `kernels.smc.base.step` (the order of `_run_fixed`): step ``t`` resamples
+        (ESS-triggered), then its fused move runs the MCMC kernel at ``beta_{t-1}`` (the
+        identity at ``t = 1``), picks ``beta_t`` (bisection on the conditional ESS of the
+        weights after resampling, `kernels.smc.annealing.next_beta_bisection`, or
+        ``betas_fixed[t]``; 1 at ``t = max_num_steps``) and returns the increments
+        ``(beta_t - beta_{t-1}) ell``. Between steps the step size follows the move's
+        acceptance rate (``SMCInfo.update_info``) and the inverse mass matrix of the move at
+        ``beta_{t-1}`` is the weighted variance under ``pi_{t-1}`` (``state.log_weights``
+        before the step). A final resampling and move at ``beta_K = 1`` (`_final`) give the
+        samples. Settings are recorded in buffers of ``max_num_steps``: index ``j`` holds the
+        move at ``betas[j + 1]``.
+        """
+        from kernels.smc import annealing, base
+        from kernels.smc import resampling as rs
+
+        n, d = self.num_particles, dens.dim
         M = self.max_num_steps if betas_fixed is None else betas_fixed.shape[0] - 1
-        d = dens.dim
-        bufs = (
-            jnp.zeros(M + 1, c.u.dtype),
-            jnp.zeros(M, c.u.dtype),
-            jnp.zeros((M, d), c.u.dtype),
-            jnp.zeros(M, c.u.dtype),
+        k_init, k_first, key = jax.random.split(key, 3)
+        u0 = jax.vmap(dens.sample_prior)(jax.random.split(k_init, n))
+        dtype = u0.dtype
+        state = base.init(u0, mesh=self._mesh)
+        step0 = jnp.asarray(self.kernel_params.get("step_size", 1.0), dtype)
+
+        def advance(key, state, t, beta, step_size, first):
+            """Step ``t``: returns the state, its info, the mean acceptance rate, ``beta_t`` and
+            the inverse mass matrix of the move."""
+            k_res, k_move = jax.random.split(key)
+            lw = state.log_weights
+            imm = None if first else self._imm(self._replicate(state.particles), lw)
+            # the weights the bisection sees: those after the step's ESS trigger (it depends on
+            # the weights only, so it is known before the resampling)
+            after = jnp.full_like(lw, jax.nn.logsumexp(lw) - jnp.log(n))
+            lw_cess = jnp.where(rs.should_resample(lw, self.ess_threshold), after, lw)
+
+            def move(k, u, _):
+                if first:  # x_0 are exact prior draws
+                    ll, acc = jax.vmap(dens.log_likelihood)(u), jnp.ones(n, dtype)
+                else:
+                    u, ll, acc = self._move(k, u, beta, dens, step_size, imm)
+                u = self._shard(u)
+                ll = self._replicate(jnp.where(jnp.isnan(ll), -jnp.inf, ll))
+
+                def inc_fn(b):
+                    return (b - beta) * ll
+
+                if betas_fixed is None:
+                    nb = annealing.next_beta_bisection(lw_cess, inc_fn, beta, self.target_ess)
+                else:
+                    nb = betas_fixed[t]
+                nb = jnp.where(t == M, 1.0, nb).astype(dtype)
+                return u, inc_fn(nb), (acc, nb)
+
+            state, info = base.step_with_keys(
+                k_res,
+                k_move,
+                state,
+                move,
+                None,
+                ess_threshold=self.ess_threshold,
+                mesh=self._mesh,
+            )
+            acc, nb = info.update_info
+            return state, info, jnp.mean(self._replicate(acc)), nb, imm
+
+        state, info, _, beta, _ = advance(k_first, state, 1, jnp.zeros((), dtype), step0, True)
+        rec = _Record(
+            jnp.zeros(M + 1, dtype).at[1].set(beta),
+            jnp.zeros(M, dtype),
+            jnp.zeros((M, d), dtype),
+            jnp.zeros(M, dtype).at[0].set(info.ess),
             jnp.zeros(M, bool),
-            jnp.zeros(M, c.u.dtype),
+            jnp.zeros(M, dtype),
         )
 
-        def next_beta(c, beta):
-            if betas_fixed is not None:
-                return None
+        def cond(c):
+            _, t, beta, _, _, _ = c
+            return (beta < 1.0) & (t < M)
 
-            loglik = jnp.where(jnp.isnan(c.loglik), -jnp.inf, c.loglik)
-
-            def ess_at(b):  # conditional ESS (Zhou, Johansen and Aston, 2016), relative
-                lw = jnp.where(jnp.isneginf(loglik), -jnp.inf, (b - beta) * loglik)
-                cess = jnp.exp(
-                    2 * jax.nn.logsumexp(c.log_w + lw) - jax.nn.logsumexp(c.log_w + 2 * lw)
-                )
-                return cess - self.target_ess
-
-            def bis(_, lohi):
-                lo, hi = lohi
-                mid = (lo + hi) / 2
-                ok = ess_at(mid) >= 0
-                return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
-
-            lo, _ = jax.lax.fori_loop(0, 50, bis, (beta, jnp.ones_like(beta)))
-            new = jnp.where(ess_at(1.0) >= 0, 1.0, lo)
-            return jnp.maximum(new, beta + 1e-6).clip(max=1.0)
-
-        def cond(state):
-            c, beta, k, _ = state
-            return jnp.logical_and(beta < 1.0, k < M)
-
-        def body(state):
-            c, beta, k, (b, st, im, es, rs, ac) = state
-            new_beta = betas_fixed[k + 1] if betas_fixed is not None else next_beta(c, beta)
-            new_beta = jnp.where(k == M - 1, 1.0, new_beta)
-            last = new_beta >= 1.0
-            c, (ess, res, acc, step, imm) = self._step(
-                c, new_beta - beta, new_beta, dens, None, c.step_size, None, last
+        def body(c):
+            state, t, beta, step_size, key, r = c
+            key, k = jax.random.split(key)
+            state, info, acc, nb, imm = advance(k, state, t + 1, beta, step_size, False)
+            j = t - 1  # the move of step t + 1 is at beta_t = betas[j + 1]
+            r = _Record(
+                r.betas.at[t + 1].set(nb),
+                r.step_sizes.at[j].set(step_size),
+                r.inverse_mass_matrices.at[j].set(imm),
+                r.ess.at[t].set(info.ess),
+                r.resampled.at[j].set(info.resampled),
+                r.acceptance_rate.at[j].set(acc),
             )
-            bufs = (
-                b.at[k + 1].set(new_beta),
-                st.at[k].set(step),
-                im.at[k].set(imm),
-                es.at[k].set(ess),
-                rs.at[k].set(res),
-                ac.at[k].set(acc),
-            )
-            return c, new_beta, k + 1, bufs
+            return state, t + 1, nb, self._next_step_size(step_size, acc), key, r
 
-        zero = jnp.zeros((), c.u.dtype)
-        c, _, K, (b, st, im, es, rs, ac) = jax.lax.while_loop(
-            cond, body, (c, zero, jnp.zeros((), jnp.int32), bufs)
+        one = jnp.ones((), jnp.int32)
+        state, K, _, step_size, key, r = jax.lax.while_loop(
+            cond, body, (state, one, beta, step0, key, rec)
         )
-        return c.u, c.log_Z, es, rs, ac, FrozenSchedule(b, st, im), K
+        imm = self._imm(self._replicate(state.particles), state.log_weights)  # under pi_K
+        u, acc = self._final(*jax.random.split(key), state, dens, step_size, imm)
+        j = K - 1
+        schedule = FrozenSchedule(
+            r.betas, r.step_sizes.at[j].set(step_size), r.inverse_mass_matrices.at[j].set(imm)
+        )
+        resampled = r.resampled.at[j].set(True)
+        accs = r.acceptance_rate.at[j].set(acc)
+        return u, state.log_Z, r.ess, resampled, accs, schedule, K
 
     # ------------------------------------------------------------------ public
     def densities(self, *args, **kwargs) -> ModelDensities:
@@ -543,6 +552,10 @@ class TemperedSMC:
         For the "move, then reweight" order of `_run_fixed`: ``x_K = u_final``,
         ``x_{t-1} ~ M_{t-1}(x_t, .)`` for ``t = K..2`` (reversible kernels are their own
         reversals), and ``x_0 = x_1`` (the move of step 1 is the identity).
+
+        Not `kernels.smc.tempering.reference_path`: that one shares one ``kernel_params``
+        across temperatures and moves at ``beta_0`` too, while the frozen schedule has a step
+        size and mass matrix per temperature and step 1 keeps the prior draws.
         """
         K = frozen.betas.shape[0] - 1
 
@@ -564,6 +577,17 @@ class TemperedSMC:
         fwd = back[::-1]
         x1 = fwd[:1] if K > 1 else u_final[None]
         return jnp.concatenate([x1, fwd, u_final[None]], 0)
+
+
+class _Record(NamedTuple):
+    """Per-step buffers of the adaptive run (index ``j``: the move at ``betas[j + 1]``)."""
+
+    betas: Array  # (M + 1,)
+    step_sizes: Array  # (M,)
+    inverse_mass_matrices: Array  # (M, d)
+    ess: Array  # (M,) after the reweighting to betas[j + 1]
+    resampled: Array  # (M,) before the move at betas[j + 1]
+    acceptance_rate: Array  # (M,)
 
 
 class _Particles(NamedTuple):
