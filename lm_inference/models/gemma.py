@@ -98,7 +98,7 @@ def attend_softcapped(
     s = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * scale
     s = jnp.where(mask[:, None, None], softcap(s, cap), jnp.finfo(jnp.float32).min)
     p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
-    o = jnp.einsum("bkgts,bskd->btkgd", p, v)
+    o = jnp.einsum("bkgts,bskd->btkgd", p, v, preferred_element_type=jnp.float32).astype(v.dtype)
     return o.reshape(b, tq, h * d)
 
 
