@@ -3,7 +3,8 @@
 The target is genlm-control's: ``sigma(y) ∝ p(y EOS | prompt) 1[text(y) fully matches PATTERN]``
 with the regex ``[A-Z][a-z]+( [a-z]+){2,5}[.!?]`` (``BoolFSA.from_regex``, coerced to the LM's
 byte tokens with ``b"".join``), prompt ``"ROMEO.\\n"``, ``max_tokens = T`` (default 32), N particles
-(16 and 64), systematic resampling when ``ESS < N / 2``, float32, one torch / XLA thread.
+(16 and 64), systematic resampling when ``ESS < N / 2``, float32 (``--dtype bfloat16``: both sides in
+bfloat16), one torch / XLA thread.
 Note genlm-control's length convention: ``max_tokens`` counts the EOS, so a particle that has
 not sampled EOS after ``T - 1`` tokens gets EOS forced at step T, paying ``log p(EOS | y)``
 (``TokenSampler.logw_eos``); every returned sequence ends with EOS. Sampling at each step is
@@ -78,7 +79,7 @@ SETUP = (
 )
 
 NOTE = (
-    "genlm-control side: `AsyncTransformer.from_name(model, hf_opts={dtype: float32, "
+    "genlm-control side: `AsyncTransformer.from_name(model, hf_opts={dtype: --dtype, "
     "device_map: None}, batch_size=N, timeout=0.001)` (genlm-backend, HF/torch CPU backend), "
     "`PromptedLLM(lm)` with the prompt set from the string, `BoolFSA.from_regex(PATTERN)."
     "coerce(llm, f=b''.join)`; `direct_token_sampler(llm * fsa)` or `AWRS(llm, fsa, seed)`; "
@@ -154,7 +155,15 @@ def z_cell(a: list[float] | None, b: list[float] | None) -> str:
 _OURS_LM: dict = {}
 
 
-def ours(model: str, N: int, T: int, ess_threshold: float, repeats: int) -> dict | None:
+def ours(
+    model: str,
+    N: int,
+    T: int,
+    ess_threshold: float,
+    repeats: int,
+    dtype: str = "float32",
+    unit: int | None = None,
+) -> dict | None:
     """OUR side of the benchmark: the same target in one jitted sweep,
     ``smc(key, Target(lm, PROMPT, T, potentials.regex(lm, PATTERN), forced_eos=True), N)``
     (genlm-control's semantics: a complete sequence is ``y EOS``; a particle without EOS gets it
@@ -162,6 +171,8 @@ def ours(model: str, N: int, T: int, ess_threshold: float, repeats: int) -> dict
     ``max_tokens = T`` allows ``T - 1``, see ``--genlm-max-tokens-offset``). Returns
     ``dict(compile_s=..., times=[...], log_Z=[...])`` (seconds, one entry per seed
     ``0 .. repeats - 1``, after a first compiling call), or ``None`` when the API is missing.
+    ``unit = k``: resampling only after every ``k`` tokens (``smc(..., resample_every=k)``), the
+    schedule of genlm-control's ``MultiTokenUnitSampler(..., FixedLengthBoundary(k))``.
     """
     try:
         from lm_inference import potentials
@@ -177,9 +188,9 @@ def ours(model: str, N: int, T: int, ess_threshold: float, repeats: int) -> dict
     from lm_inference.target import Target
     from lm_inference.twisted_smc import smc
 
-    if model not in _OURS_LM:
-        _OURS_LM[model] = lm_inference.load(model, dtype=jnp.float32)
-    lm = _OURS_LM[model]
+    if (model, dtype) not in _OURS_LM:
+        _OURS_LM[model, dtype] = lm_inference.load(model, dtype=jnp.dtype(dtype))
+    lm = _OURS_LM[model, dtype]
     try:
         target = Target(lm, PROMPT, T, regex(lm, PATTERN), forced_eos=True)
     except TypeError as e:  # no forced_eos option yet
@@ -188,7 +199,15 @@ def ours(model: str, N: int, T: int, ess_threshold: float, repeats: int) -> dict
 
     def once(seed):
         t0 = time.perf_counter()
-        r = jax.block_until_ready(smc(jax.random.key(seed), target, N, ess_threshold=ess_threshold))
+        r = jax.block_until_ready(
+            smc(
+                jax.random.key(seed),
+                target,
+                N,
+                ess_threshold=ess_threshold,
+                resample_every=unit,
+            )
+        )
         return time.perf_counter() - t0, float(r.log_Z)
 
     compile_s, _ = once(repeats)  # first call: trace, compile and run
@@ -212,9 +231,10 @@ def genlm_side(args) -> dict:
     torch.set_num_threads(args.threads)
     from genlm.backend.llm import AsyncTransformer
     from genlm.control import AWRS, BoolFSA, PromptedLLM, direct_token_sampler
+    from genlm.control.sampler.unit import FixedLengthBoundary, MultiTokenUnitSampler
 
     t0 = time.perf_counter()
-    opts = {"dtype": torch.float32, "device_map": None}
+    opts = {"dtype": getattr(torch, args.dtype), "device_map": None}
     alm = AsyncTransformer.from_name(args.model, hf_opts=opts, batch_size=64, timeout=0.001)
     llm = PromptedLLM(alm)
     llm.set_prompt_from_str(PROMPT)
@@ -223,13 +243,20 @@ def genlm_side(args) -> dict:
     cfsa = fsa.coerce(llm, f=b"".join)
     load_s = time.perf_counter() - t0
     max_tokens = args.T + args.genlm_max_tokens_offset
+    if args.unit:  # max_tokens counts units; the last step forces EOS: (max_tokens - 1) k tokens
+        max_tokens = args.T // args.unit + 1
 
     def make(sampler, seed):
         if sampler == "direct":
-            return direct_token_sampler(llm * cfsa)
-        if sampler == "awrs":
-            return AWRS(llm, cfsa, seed=seed)
-        raise ValueError(f"unknown sampler {sampler!r} (direct, awrs)")
+            sub = direct_token_sampler(llm * cfsa)
+        elif sampler == "awrs":
+            sub = AWRS(llm, cfsa, seed=seed)
+        else:
+            raise ValueError(f"unknown sampler {sampler!r} (direct, awrs)")
+        if not args.unit:
+            return sub
+        boundary = FixedLengthBoundary(args.unit)
+        return MultiTokenUnitSampler(sub, boundary, max_subunits_per_unit=args.unit)
 
     def once(sampler, N, ess, seed, max_tokens):
         torch.manual_seed(seed)
@@ -355,7 +382,9 @@ def make_gpt2(out: str, corpus: str | None):
 def call_genlm(python: str, args, model: str, N: int) -> dict:
     cmd = [python, __file__, "--genlm-side", "--model", model, "--n", str(N), "--T", str(args.T)]
     cmd += ["--runs", ",".join(f"{s}:{e}:{r}" for s, e, r in runs_at(args.runs, N))]
-    cmd += ["--threads", str(args.threads)]
+    cmd += ["--threads", str(args.threads), "--dtype", args.dtype]
+    if args.unit:
+        cmd += ["--unit", str(args.unit)]
     cmd += ["--genlm-max-tokens-offset", str(args.genlm_max_tokens_offset)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     env.pop("PYTHONPATH", None)
@@ -382,23 +411,38 @@ def runs_at(runs, N: int) -> list[tuple[str, float, int]]:
 def render(args, rows, info, load, have_genlm, python):
     """Write the markdown table (and the raw JSON beside it)."""
     tag = Path(args.model).name
+    if args.dtype != "float32":
+        tag += f"_{args.dtype}"
+    if args.unit:
+        tag += f"_unit{args.unit}"
     out = Path(args.out) if args.out else RESULTS / f"bench_genlm_control_{tag}.md"
     T = args.T
     lines = [
         f"# bench_genlm_control ({datetime.date.today()}, {platform.machine()}, CPU, "
         f"{os.cpu_count()} cores shared with other jobs (load average {load:.1f} at the start), "
-        f"{args.threads} thread(s) per side)",
+        f"{args.threads} thread(s) per side, both pinned to {args.threads} core(s))",
         "",
         f"Model: `{args.model}`"
         + (f" (V = {info['vocab']} incl. EOS)" if info else "")
         + f". Prompt {PROMPT!r}, regex `{PATTERN}`, T = {T} "
         f"(genlm-control max_tokens = {T + args.genlm_max_tokens_offset}, EOS forced there), "
-        "systematic resampling at ESS < threshold N, float32.",
+        f"systematic resampling at ESS < threshold N, {args.dtype} on both sides.",
         "genlm-control: "
         + (", ".join(f"{k} {v}" for k, v in info["versions"].items()) if info else "not run")
         + ". Median wall time of the runs after a warm-up run (max_tokens 4); "
         "ms/pt = milliseconds per particle-token, median / (N T); log Z: mean ± s.e. (median, runs).",
         "",
+    ]
+    if args.unit:
+        lines += [
+            f"Multi-token units of {args.unit} tokens: genlm-control's `MultiTokenUnitSampler("
+            f"sampler, FixedLengthBoundary({args.unit}))` with `max_tokens = T / {args.unit} + 1` "
+            f"units (the last one the forced EOS: T tokens, as ours), resampling (when ESS is "
+            f"below the threshold) only between units; ours: `smc(..., resample_every="
+            f"{args.unit})` on the same target (the regex still masks every token).",
+            "",
+        ]
+    lines += [
         "| N | sampler | ESS threshold | ours s | genlm s | genlm ms/pt | ratio genlm/ours "
         "| log Z ours | log Z genlm | z |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -480,7 +524,21 @@ def main(argv=None):
     p.add_argument("--T", type=int, default=32)
     p.add_argument("--runs", type=parse_runs, default=None, help="sampler:ess:repeats,...")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "bfloat16"),
+        help="weights and activations on both sides (bfloat16: AMX / tensor cores)",
+    )
     p.add_argument("--genlm-max-tokens-offset", type=int, default=0)
+    p.add_argument(
+        "--unit",
+        type=int,
+        default=None,
+        metavar="K",
+        help="multi-token units of K tokens: genlm-control's MultiTokenUnitSampler with "
+        "FixedLengthBoundary(K) against our smc(..., resample_every=K); T must be a multiple of K",
+    )
     p.add_argument("--out", default=None, help="markdown file (default: results/...)")
     p.add_argument("--genlm-side", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--make-gpt2", metavar="DIR", default=None)
@@ -496,6 +554,8 @@ def main(argv=None):
     if args.make_gpt2:
         make_gpt2(args.make_gpt2, args.corpus)
         return
+    if args.unit is not None and (args.unit < 1 or args.T % args.unit):
+        p.error(f"--unit {args.unit}: T = {args.T} must be a positive multiple of the unit length")
     if args.quick:
         args.n = args.n or [16]
         args.T = 8
@@ -508,6 +568,11 @@ def main(argv=None):
         return
 
     flags = f"--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads={args.threads}"
+    # XLA's CPU runtime runs independent ops concurrently even with one intra-op thread (a
+    # 124M decode took 3.7 s wall for 6.9 s of CPU): pin this process, and with it the
+    # genlm-control subprocess, to ``threads`` cores so both sides get the same cores
+    cores = sorted(os.sched_getaffinity(0))[-args.threads :]
+    os.sched_setaffinity(0, cores)
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flags).strip()
     python = args.genlm_python or DEFAULT_GENLM_PYTHON
     have_genlm = Path(python).exists() and (
@@ -523,7 +588,7 @@ def main(argv=None):
     for N in args.n:
         here = runs_at(args.runs, N)
         mine = {
-            ess: ours_or_none(args.model, N, args.T, ess, 5)
+            ess: ours_or_none(args.model, N, args.T, ess, 5, args.dtype, args.unit)
             for ess in sorted({e for _, e, _ in here})
         }
         peer = {}

@@ -90,6 +90,9 @@ class Ours:
     def __init__(self, model: str | None, threads: int):
         flags = f"--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads={threads}"
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flags).strip()
+        # XLA's CPU runtime runs independent ops concurrently even with one intra-op thread: pin
+        # to ``threads`` cores (the peer's subprocess inherits the same cores)
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[-threads:])
         import jax
         import jax.numpy as jnp
 

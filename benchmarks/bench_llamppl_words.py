@@ -353,6 +353,9 @@ def main(argv=None):
 
     flags = f"--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads={args.threads}"
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flags).strip()
+    # XLA's CPU runtime runs independent ops concurrently even with one intra-op thread: pin
+    # to ``threads`` cores (the peer's subprocess inherits the same cores)
+    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[-args.threads :])
     python = args.llamppl_python or DEFAULT_LLAMPPL_PYTHON
     have_llamppl = Path(python).exists() and (
         subprocess.run([python, "-c", "import llamppl"], capture_output=True).returncode == 0
