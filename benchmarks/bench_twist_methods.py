@@ -1,0 +1,126 @@
+"""Every twist-learning method at equal training steps (Zhao et al. 2024, sec. 7, on our
+implementation): SMC lower and conditional-SMC upper bounds on log Z at N = 32 and 512, the
+KL(sigma || q) interval and the final-step ESS, over seeds.
+
+Model: the embedded default model (``lm_inference.load()``), prompt ``"ROMEO.\\n"``. Targets:
+
+- ``king``: the rare event ``phi = 1[" king" in s]``, T = 10 (log Z about -4.8);
+- ``royal``: a tempered score, ``log phi = log sigmoid((k(s) - 1) / 0.5)`` with ``k`` the number
+  of " king" / " lord" / " queen" / " prince" tokens (smooth, ``phi <= 1``), T = 10.
+
+Exact target samples (references of the upper bounds) come from rejection sampling. Every method
+trains the same default MLP head for ``--steps`` steps of 64 (CTL, SIXO, DPG without exact
+samples: the positives are self-normalized proposal draws). ``--quick``: 1 seed, 40 steps,
+4 runs per bound.
+
+Usage: python benchmarks/bench_twist_methods.py [--quick] [--targets king,royal]
+"""
+
+import argparse
+import datetime
+import platform
+import time
+import warnings
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import lm_inference
+from lm_inference import potentials
+from lm_inference.bounds import bidirectional_bounds, rejection_samples
+from lm_inference.target import Target
+from lm_inference.twist_training import METHODS, train_twist
+from lm_inference.twisted_smc import smc_runs
+
+RESULTS = Path(__file__).parent / "results" / "bench_twist_methods.md"
+
+
+def targets(lm, names):
+    ids = {w: lm.tokenizer(" " + w)["input_ids"][0] for w in ("king", "lord", "queen", "prince")}
+    out = {}
+    if "king" in names:
+        out["king"] = Target(lm, "ROMEO.\n", 10, potentials.contains_token(ids["king"]))
+    if "royal" in names:
+        royal = jnp.asarray(list(ids.values()))
+
+        def count(s):
+            return jnp.sum(jnp.isin(s, royal)).astype(jnp.float32)
+
+        out["royal"] = Target(lm, "ROMEO.\n", 10, potentials.threshold(count, 1.0, soft=0.5))
+    return out
+
+
+def measure(key, target, exact, twist, runs, ns):
+    row = {}
+    for n in ns:
+        b = bidirectional_bounds(key, target, exact, n, twist=twist, num_runs=runs)
+        r = smc_runs(jax.random.split(jax.random.fold_in(key, n), runs), target, n, twist=twist)
+        ess = np.nan_to_num(np.asarray(r.ess)[:, -1] / n).mean()
+        row[n] = (b.lower.mean, b.upper.mean, b.kl_sigma_q, ess)
+    return row
+
+
+def fmt(x):
+    return "-inf" if x == -np.inf else f"{x:.2f}"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--targets", default="king,royal")
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--seeds", type=int, default=None)
+    a = ap.parse_args()
+    steps = a.steps or (40 if a.quick else 200)
+    seeds = a.seeds or (1 if a.quick else 3)
+    runs = 4 if a.quick else 16
+    ns = (32, 512)
+    lm = lm_inference.load()
+    t0 = time.perf_counter()
+    lines = [
+        "# Twist-learning methods at equal training steps",
+        "",
+        f"{datetime.date.today()}, {platform.processor() or platform.machine()}, "
+        f"{'--quick, ' if a.quick else ''}{steps} steps of 64, {seeds} seed(s), {runs} runs per "
+        "bound; lower = E[SMC log Z_hat], upper = E[CSMC log Z_hat] (exact references), "
+        "KL(sigma||q) interval from the mean bounds, ESS = final-step ESS / N. Mean over seeds.",
+        "",
+    ]
+    for name, target in targets(lm, a.targets.split(",")).items():
+        exact = rejection_samples(jax.random.key(3), target, runs, batch=4096)
+        hdr = "| method | " + " | ".join(
+            f"lower N={n} | upper N={n} | KL(s\\|\\|q) N={n} | ESS N={n}" for n in ns
+        )
+        lines += [f"## {name}", "", hdr + " | warned |", "|" + "---|" * (1 + 4 * len(ns) + 1)]
+        table = {"none": [measure(jax.random.key(4), target, exact, None, runs, ns)]}
+        warned = {"none": 0}
+        for m in METHODS:
+            table[m], warned[m] = [], 0
+            for seed in range(seeds):
+                with warnings.catch_warnings(record=True) as rec:
+                    warnings.simplefilter("always")
+                    tw = train_twist(
+                        jax.random.key(10 + seed), target, m, num_steps=steps, progress=False
+                    ).twist
+                warned[m] += any("worse than no twist" in str(w.message) for w in rec)
+                table[m].append(measure(jax.random.key(4), target, exact, tw, runs, ns))
+            print(name, m, f"{time.perf_counter() - t0:.0f} s", flush=True)
+        for m, rows in table.items():
+            cells = []
+            for n in ns:
+                lo = np.mean([r[n][0] for r in rows])
+                up = np.mean([r[n][1] for r in rows])
+                kl = np.mean([r[n][2] for r in rows], axis=0)
+                ess = np.mean([r[n][3] for r in rows])
+                cells += [fmt(lo), fmt(up), f"[{fmt(kl[0])}, {fmt(kl[1])}]", f"{ess:.2f}"]
+            lines.append(f"| {m} | " + " | ".join(cells) + f" | {warned[m]}/{len(rows)} |")
+        lines.append("")
+    lines.append(f"Total {time.perf_counter() - t0:.0f} s.")
+    RESULTS.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
