@@ -219,7 +219,10 @@ def _target(args, lm):
     from lm_inference.target import Target
 
     return Target(
-        lm, _prompt(args), args.num_tokens, build_potential(args, lm),
+        lm,
+        _prompt(args),
+        args.num_tokens,
+        build_potential(args, lm),
         forced_eos=bool(getattr(args, "forced_eos", False)),
     )
 
@@ -436,6 +439,7 @@ def cmd_train(args) -> dict:
         progress=not args.quiet,
     )
     losses = np.asarray(res.losses)
+    d = res.diagnostics
     payload = {
         "method": args.method,
         "steps": args.steps,
@@ -446,16 +450,52 @@ def cmd_train(args) -> dict:
             "non_finite": NON_FINITE_NOTE,
             "steps": "total optimizer steps asked for (counting steps resumed from the checkpoint)",
             "steps_trained": "steps run by this call (fewer when resuming a checkpoint)",
-            "losses": f"training loss of method {args.method!r} at each step of this call",
+            "losses": f"training loss of method {args.method!r} at each step of this call "
+            "(noisy: it is not a convergence diagnostic; see heldout)",
         },
     }
+    if d is not None:
+        payload["heldout"] = {
+            "steps": d.steps,
+            "log_mean_Z": d.log_mean_Z,
+            "log_mean_Z_se": d.log_mean_Z_se,
+            "ess": np.mean(d.ess, axis=1),
+            "no_twist_log_mean_Z": d.baseline_log_mean_Z,
+            "no_twist_log_mean_Z_se": d.baseline_log_mean_Z_se,
+            "no_twist_ess": float(np.mean(d.baseline_ess)),
+        }
+        payload["notes"]["heldout"] = (
+            f"every few steps, {d.log_Z.shape[1]} SMC runs of {d.num_particles} particles on "
+            "held-out keys: log_mean_Z = log of the mean Z_hat (unbiased in Z for any twist) and "
+            "its standard error, ess = mean final ESS / N; the no_twist_* figures are the same "
+            "runs without a twist. A twist below no twist is worse than none (train warns)."
+        )
     _write(args, payload)
     if args.plot:
 
         def draw(ax):
-            note = _curve(ax, np.arange(1, losses.size + 1), losses, "loss", fmt="-", xname="step")
+            if d is None:
+                note = _curve(
+                    ax, np.arange(1, losses.size + 1), losses, "loss", fmt="-", xname="step"
+                )
+                ax.set_ylabel("loss")
+            else:
+                se = np.asarray(d.log_mean_Z_se, np.float64)
+                mean = np.asarray(d.log_mean_Z, np.float64)
+                note = _curve(
+                    ax,
+                    d.steps,
+                    mean,
+                    "held-out log mean Z_hat (+-2 s.e.)",
+                    band=(mean - 2 * se, mean + 2 * se),
+                    xname="step",
+                )
+                base = float(d.baseline_log_mean_Z)
+                if np.isfinite(base):
+                    ax.axhline(base, color="gray", ls="--", label="no twist")
+                ax.set_ylabel("log Z_hat (held-out)")
+                ax.legend(fontsize=7)
             ax.set_xlabel("step")
-            ax.set_ylabel("loss")
             ax.set_title(args.method)
             return [note]
 

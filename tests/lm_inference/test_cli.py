@@ -54,6 +54,22 @@ def test_cli_end_to_end_tabular(tmp_path):
     assert main([*x_args, "--out", str(tmp_path / "x.json")]) == 0
 
 
+def test_cli_train_reports_heldout_diagnostics(tmp_path):
+    """train writes the held-out log Z_hat and ESS over training against no twist (strict JSON)
+    and plots them, not only the noisy loss."""
+    common = [*COMMON, "--potential", "contains_token:2"]
+    t_json, png = tmp_path / "t.json", tmp_path / "t.png"
+    ck = str(tmp_path / "tw.safetensors")
+    args = ["train", *common, "--twist", ck, "--steps", "10", "--batch-size", "8"]
+    assert main([*args, "--out", str(t_json), "--plot", str(png)]) == 0
+    h = strict_loads(t_json.read_text())["heldout"]
+    k = len(h["steps"])
+    assert k >= 2 and h["steps"][0] == 0 and h["steps"][-1] == 10
+    assert len(h["log_mean_Z"]) == len(h["log_mean_Z_se"]) == len(h["ess"]) == k
+    assert {"no_twist_log_mean_Z", "no_twist_ess"} <= set(h)
+    assert png.stat().st_size > 1000
+
+
 def test_console_exit_status_and_streams(tmp_path):
     """The installed entry point exits 0 with the JSON on stdout (strict) and nothing on stderr;
     bad input exits 2 with a one-line message on stderr."""
