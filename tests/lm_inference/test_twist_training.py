@@ -90,6 +90,29 @@ def test_resume_for_another_target_raises(tmp_path):
     assert res.losses.size == 0
 
 
+def test_rl_checkpoint_from_before_the_probability_twist_is_refused():
+    """RL now fits log psi = log sigmoid(f); a checkpoint of the earlier RL (raw log psi) has no
+    ``output`` in its head record and would be read with another function: refused, naming it."""
+    from lm_inference.twists import (
+        TwistMismatchError,
+        check_record,
+        head_twist,
+        probability_twist,
+        twist_record,
+    )
+
+    target, _ = tiny(True)
+    lm = target.lm
+    raw = head_twist(jax.random.key(0), lm.hidden_size, lm.vocab_size, target.num_tokens)
+    old = twist_record(target, raw, method="rl")
+    new = twist_record(target, probability_twist(raw), method="rl")
+    with pytest.raises(
+        TwistMismatchError, match=r"head: trained as mlp, width 128, requested .*log_sigmoid"
+    ):
+        check_record(old, new)
+    assert check_record(new, new) == []
+
+
 def test_fudge_twist_is_a_probability_and_reloads_as_trained(tmp_path):
     """FUDGE's psi_t estimates P(phi = 1 | s_1:t) <= 1. A loss that clipped log psi at 0 but let
     the gradient through drove log psi far above 0 on prefixes whose every label is 1 (the
