@@ -93,12 +93,12 @@ def attend_softcapped(
     if cap is None:
         return attend(q, k, v, mask, scale)
     b, tq, h, d = q.shape
-    hkv = k.shape[2]
+    hkv = k.shape[1]
     q = q.reshape(b, tq, hkv, h // hkv, d)
-    s = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * scale
+    s = jnp.einsum("btkgd,bksd->bkgts", q, k, preferred_element_type=jnp.float32) * scale
     s = jnp.where(mask[:, None, None], softcap(s, cap), jnp.finfo(jnp.float32).min)
     p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
-    o = jnp.einsum("bkgts,bskd->btkgd", p, v, preferred_element_type=jnp.float32).astype(v.dtype)
+    o = jnp.einsum("bkgts,bksd->btkgd", p, v, preferred_element_type=jnp.float32).astype(v.dtype)
     return o.reshape(b, tq, h * d)
 
 

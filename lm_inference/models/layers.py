@@ -7,7 +7,9 @@ module's state by name alone, with no transposes (:mod:`lm_inference.loading`).
 The cache of a batch of ``B`` rows with room for ``S`` positions is a dict whose every leaf has
 the batch axis first (so reordering particles is one gather, :func:`lm_inference.base.reorder_cache`):
 
-- ``layers``: ``{"k", "v"}``, every layer's keys and values stacked, ``[B, L, S, H_kv, D]``;
+- ``layers``: ``{"k", "v"}``, every layer's keys and values stacked, ``[B, L, H_kv, S, D]``
+  (slots next to head dims, so a decode step's ``q k^T`` and ``p v`` read each head's keys as
+  one contiguous ``[S, D]`` matrix, with no transpose of the cache per layer and step);
 - ``valid``: ``[B, S]`` which slots hold a real (non-padding) token;
 - ``index``: ``[B]`` the next slot to write (equal across rows: prompts are left-padded);
 - ``position``: ``[B]`` the next position id (real tokens so far, as ``generate`` counts them).
@@ -191,20 +193,21 @@ def attend(q: Array, k: Array, v: Array, mask: Array, scale: float) -> Array:
     """Grouped-query attention ``softmax(scale q k^T + mask) v``, scores and softmax in float32.
 
     Args:
-        q: ``[B, Tq, H, D]``; k, v: ``[B, S, H_kv, D]`` with ``H`` a multiple of ``H_kv``;
+        q: ``[B, Tq, H, D]``; k, v: ``[B, H_kv, S, D]`` (the cache layout) with ``H`` a multiple of
+            ``H_kv``;
         mask: ``[B, Tq, S]`` (a fully masked row gives a uniform average, never NaN).
 
     Returns:
         ``[B, Tq, H * D]``.
     """
     b, tq, h, d = q.shape
-    hkv = k.shape[2]
+    hkv = k.shape[1]
     q = q.reshape(b, tq, hkv, h // hkv, d)
-    s = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * scale
+    s = jnp.einsum("btkgd,bksd->bkgts", q, k, preferred_element_type=jnp.float32) * scale
     s = jnp.where(mask[:, None, None], s, jnp.finfo(jnp.float32).min)
     p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
-    o = jnp.einsum("bkgts,bskd->btkgd", p, v, preferred_element_type=jnp.float32).astype(v.dtype)
-    return o.reshape(b, tq, h * d)
+    o = jnp.einsum("bkgts,bksd->bkgtd", p, v, preferred_element_type=jnp.float32).astype(v.dtype)
+    return o.transpose(0, 3, 1, 2, 4).reshape(b, tq, h * d)
 
 
 def rope_inverse_frequencies(config, head_dim: int) -> np.ndarray:
@@ -260,7 +263,7 @@ def new_cache(
     batch: int, length: int, num_layers: int, num_kv_heads: int, head_dim: int, dtype
 ) -> dict:
     """An empty cache (module docstring) with room for ``length`` positions."""
-    zeros = jnp.zeros((batch, num_layers, length, num_kv_heads, head_dim), dtype)
+    zeros = jnp.zeros((batch, num_layers, num_kv_heads, length, head_dim), dtype)
     return {
         "layers": {"k": zeros, "v": zeros},
         "valid": jnp.zeros((batch, length), bool),
@@ -273,16 +276,18 @@ def write_kv(
     kv: dict, layer: int | Array, k: Array, v: Array, start: int | Array
 ) -> tuple[dict, Array, Array]:
     """Write ``k, v [B, T, H_kv, D]`` into slots ``start .. start + T - 1`` of layer ``layer`` of
-    ``kv`` (``{"k", "v"}`` of shape ``[B, L, S, H_kv, D]``); ``layer`` may be traced.
+    ``kv`` (``{"k", "v"}`` of shape ``[B, L, H_kv, S, D]``); ``layer`` may be traced.
 
     Returns:
         ``(kv, keys, values)``: the updated cache (only the ``T`` new slots written) and that
-        layer's keys and values ``[B, S, H_kv, D]``.
+        layer's keys and values ``[B, H_kv, S, D]``.
     """
     out, layer_kv = {}, []
     for name, new in (("k", k), ("v", v)):
         full = jax.lax.dynamic_update_slice(
-            kv[name], new[:, None].astype(kv[name].dtype), (0, layer, start, 0, 0)
+            kv[name],
+            jnp.swapaxes(new, 1, 2)[:, None].astype(kv[name].dtype),
+            (0, layer, 0, start, 0),
         )
         out[name] = full
         layer_kv.append(jax.lax.dynamic_index_in_dim(full, layer, 1, keepdims=False))

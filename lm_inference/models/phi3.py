@@ -178,7 +178,7 @@ class Phi3ForCausalLM(nnx.Module):
 
     def __call__(self, tokens: Array, positions: Array, layers: dict, valid: Array, start):
         x = self.model.embed_tokens(tokens)
-        long = layers["k"].shape[2] > self.original_max_positions  # static: the cache length
+        long = layers["k"].shape[3] > self.original_max_positions  # static: the cache length
         inv_freq = jnp.asarray(self.long_inv_freq if long else self.short_inv_freq, jnp.float32)
         rope = (inv_freq, self.rope_scale)
 

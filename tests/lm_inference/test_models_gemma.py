@@ -99,7 +99,7 @@ def test_attention_softcap_binds():
     """The Gemma 2 tiny model's scaled scores exceed its cap, so tanh actually bends them."""
     _, model = checkpoint("gemma2", gemma2)
     attn = model.model.layers[0].self_attn
-    x = torch.randn(1, 12, 32)
+    x = torch.randn(1, 12, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         q = attn.q_proj(model.model.layers[0].input_layernorm(x)).view(1, 12, 4, 16)
         k = attn.k_proj(model.model.layers[0].input_layernorm(x)).view(1, 12, 2, 16)
