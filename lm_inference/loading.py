@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from lm_inference.models import (
     UnsupportedArchitectureError,
     dims,
     module_class,
+    rules,
 )
 from lm_inference.models.layers import new_cache
 
@@ -67,13 +69,19 @@ class CausalLM:
         vocab_size, hidden_size, max_positions, num_layers: sizes from the config.
         eos_token_id: the end-of-sequence id (first one when the config lists several), or None.
         dtype: parameter and activation dtype.
+        mesh: the ``('particles', 'model')`` mesh the parameters are placed on
+            (:mod:`lm_inference.sharding`), or ``None``; :func:`lm_inference.sample` and
+            :func:`lm_inference.smc` shard their particles over it.
     """
 
-    def __init__(self, module: nnx.Module, config, tokenizer=None, path: Path | None = None):
+    def __init__(
+        self, module: nnx.Module, config, tokenizer=None, path: Path | None = None, mesh=None
+    ):
         self.graphdef, self.params = nnx.split(module)
         self.config = config
         self.tokenizer = tokenizer
         self.path = path
+        self.mesh = mesh
         d = dims(config)
         self.dims = d
         self.vocab_size, self.hidden_size = d.vocab_size, d.hidden_size
@@ -89,10 +97,33 @@ class CausalLM:
 
     def __repr__(self) -> str:
         n = sum(x.size for x in jax.tree.leaves(self.params))
+        mesh = "" if self.mesh is None else f", mesh={dict(self.mesh.shape)}"
         return (
             f"CausalLM({self.config.model_type}, {n / 1e6:.2f}M parameters, {self.dtype}, "
-            f"vocab {self.vocab_size}, {self.num_layers} layers, path={self.path})"
+            f"vocab {self.vocab_size}, {self.num_layers} layers, path={self.path}{mesh})"
         )
+
+    def shard(self, mesh) -> CausalLM:
+        """This model with its parameters placed on ``mesh`` by the architecture's partition rules
+        (:func:`lm_inference.sharding.shard_params`); ``None``: on the default device, unsharded.
+
+        Raises:
+            ValueError: the mesh's ``'model'`` axis does not divide the (KV) heads.
+        """
+        from lm_inference import sharding
+
+        out = object.__new__(CausalLM)
+        out.__dict__.update(
+            {k: v for k, v in self.__dict__.items() if not k.startswith("_")
+             and k not in ("params", "mesh")}
+        )
+        if mesh is None:
+            out.params = jax.device_put(self.params, jax.devices()[0])
+        else:
+            sharding.check_mesh(self.dims, mesh)
+            out.params = sharding.shard_params(self.params, rules(self.config), mesh)
+        out.mesh = mesh
+        return out
 
     # ---------------------------------------------------------------- pure functions
     def _forward(self, params, tokens, positions, cache, start):
@@ -373,9 +404,10 @@ def _load_state(
     config,
     state: nnx.State,
     dtype: jnp.dtype,
-    device: jax.Device | jax.sharding.Sharding | None = None,
+    device: jax.Device | jax.sharding.Sharding | Callable | None = None,
 ) -> list:
-    """The flat state of ``state`` (abstract) filled from the weights in ``path``, tensor by tensor.
+    """The flat state of ``state`` (abstract) filled from the weights in ``path``, tensor by tensor
+    (``device`` may be ``dotted name -> device or sharding``).
 
     Names and shapes are checked against the file headers before any tensor is read; then each
     tensor is read, placed on ``device`` in ``dtype`` and its host copy dropped before the next
@@ -405,8 +437,9 @@ def _load_state(
             + "; ".join(problems)
             + ". Check that config.json belongs to these weights."
         )
+    where = device if callable(device) else (lambda key: device)
     return [
-        (p, var.replace(value=_place(_read_tensor(f, stored), dtype, device)))
+        (p, var.replace(value=_place(_read_tensor(f, stored), dtype, where(".".join(map(str, p))))))
         for p, var, f, stored in todo
     ]
 
@@ -433,6 +466,7 @@ def load(
     *,
     cache_dir: str | os.PathLike | None = None,
     revision: str | None = None,
+    mesh=None,
 ) -> CausalLM:
     """Load a causal LM checkpoint in Hugging Face format into JAX.
 
@@ -444,6 +478,9 @@ def load(
         dtype: parameter and activation dtype; default bfloat16 on GPU, float32 on CPU.
         cache_dir: the Hugging Face cache to resolve hub ids in (default: ``HF_HUB_CACHE``).
         revision: the hub revision (branch, tag or commit) of a hub id.
+        mesh: a ``('particles', 'model')`` mesh (:func:`lm_inference.sharding.make_mesh`): each
+            tensor goes straight to its shards by the architecture's partition rules, and
+            ``sample`` / ``smc`` shard their particles over the mesh. ``None``: one device.
 
     Names and shapes are checked against the safetensors headers before any weight is read; then
     each tensor is read alone, placed on the default device in ``dtype`` and its host copy freed,
@@ -456,6 +493,7 @@ def load(
     Raises:
         UnsupportedArchitectureError: the ``model_type`` is not one of ``SUPPORTED_ARCHITECTURES``.
         CheckpointError: missing or corrupt weights, or weights that do not match the config.
+        ValueError: the mesh's ``'model'`` axis does not divide the (KV) heads.
     """
     if name_or_path is None:
         from lm_inference import DEFAULT_MODEL_PATH
@@ -484,6 +522,16 @@ def load(
     dtype = jnp.dtype(dtype or default_dtype())
     abstract = nnx.eval_shape(lambda: cls(config, dtype))
     graphdef, state = nnx.split(abstract)
-    flat = _load_state(path, config, state, dtype)
+    device = None
+    if mesh is not None:
+        from lm_inference import sharding
+
+        sharding.check_mesh(dims(config), mesh)
+        placed = sharding.param_shardings(state, rules(config), mesh)
+        by_name = {
+            sharding.param_name(p): s for p, s in jax.tree_util.tree_flatten_with_path(placed)[0]
+        }
+        device = by_name.__getitem__
+    flat = _load_state(path, config, state, dtype, device)
     module = nnx.merge(graphdef, nnx.from_flat_state(flat))
-    return CausalLM(module, config, _tokenizer(path), path)
+    return CausalLM(module, config, _tokenizer(path), path, mesh)

@@ -22,6 +22,7 @@ import numpy as np
 from kernels.smc.twisted import categorical
 from kernels.types import Array, PRNGKey
 from lm_inference.base import LanguageModel
+from lm_inference.sharding import particle_constraint, resolve
 
 __all__ = ["SampleOutput", "sample", "sequence_logprob", "filter_logits", "categorical"]
 
@@ -79,20 +80,22 @@ def _prompt_batch(lm, prompt, attention_mask):
 @partial(
     jax.jit,
     static_argnums=(0,),
-    static_argnames=("num_samples", "num_tokens", "top_k", "nucleus", "eos"),
+    static_argnames=("num_samples", "num_tokens", "top_k", "nucleus", "eos", "mesh"),
 )
 def _sample(
-    lm, params, key, ids, mask, temperature, top_p, *, num_samples, num_tokens, top_k, nucleus, eos
+    lm, params, key, ids, mask, temperature, top_p, *, num_samples, num_tokens, top_k, nucleus, eos,
+    mesh=None,
 ):
     b, p = ids.shape
     n = num_samples
+    constrain = particle_constraint(mesh, lm.vocab_size)
     out, cache = lm.prefill(params, ids, mask, p + num_tokens)
     # share each prompt's prefill among its samples: rows (b, n) -> b * n
     cache = jax.tree.map(lambda x: jnp.repeat(x, n, axis=0), cache)
     logits = jnp.repeat(out.logits, n, axis=0)
 
     def body(carry, key):
-        logits, cache, done = carry
+        logits, cache, done = constrain(carry)
         filt = filter_logits(logits, temperature, top_k, top_p if nucleus else None)
         s = categorical(key, filt)
         s = jnp.where(done, max(eos, 0), s)
@@ -118,6 +121,7 @@ def sample(
     top_p: float | None = None,
     attention_mask: Array | None = None,
     eos_token_id: int | None = None,
+    mesh=None,
 ) -> SampleOutput:
     """Ancestral sampling of ``max_new_tokens`` tokens per sample (module docstring).
 
@@ -132,6 +136,9 @@ def sample(
         top_p: nucleus probability in ``(0, 1]`` (``None``: no nucleus filter).
         attention_mask: ``[B, P]`` for left-padded token-id prompts.
         eos_token_id: defaults to ``lm.eos_token_id``; ``-1`` disables EOS handling.
+        mesh: a ``('particles', 'model')`` mesh (:mod:`lm_inference.sharding`) to split the
+            ``B N`` samples (and the weights, by the architecture's rules) over; default
+            ``lm.mesh``. The samples equal the unsharded ones.
 
     Returns:
         :class:`SampleOutput` with ``[N, T]`` arrays for one prompt, ``[B, N, T]`` for a batch.
@@ -154,9 +161,10 @@ def sample(
         )
     eos = lm.eos_token_id if eos_token_id is None else eos_token_id
     eos = -1 if eos is None or eos < 0 else int(eos)
+    mesh, params = resolve(lm, mesh, ids.shape[0] * num_samples)
     tokens, lps = _sample(
         lm,
-        lm.params,
+        params,
         key,
         ids,
         mask,
@@ -167,6 +175,7 @@ def sample(
         top_k=top_k,
         nucleus=top_p is not None,
         eos=eos,
+        mesh=mesh,
     )
     if not batched:
         tokens, lps = tokens[0], lps[0]

@@ -37,6 +37,7 @@ from kernels.smc.twisted import SMCResult, TeacherForced
 from kernels.types import Array, ArrayTree, PRNGKey
 from lm_inference.potentials.base import Potential
 from lm_inference.potentials.callbacks import raise_host_errors
+from lm_inference.sharding import particle_constraint, resolve
 from lm_inference.target import Target
 from lm_inference.twists import Twist
 
@@ -49,20 +50,22 @@ def _raise_bad(bad, target: Target, twist):
     tw.check_flags(bad, None if target.potential is None else target.potential.name, who)
 
 
-def _sweep(target: Target, twist, defer_eos: bool = False) -> tw.Sweep:
-    """The shared step (:class:`kernels.smc.twisted.Sweep`) on the target's LM."""
+def _sweep(target: Target, twist, defer_eos: bool = False, mesh=None) -> tw.Sweep:
+    """The shared step (:class:`kernels.smc.twisted.Sweep`) on the target's LM (particles and
+    cache constrained to ``mesh``, :mod:`lm_inference.sharding`)."""
     if isinstance(twist, Twist):
         apply = twist.apply
         twist = lambda tp, out, tokens, t: apply(tp, out.hidden, tokens, t)
+    constrain = None if mesh is None else particle_constraint(mesh, target.lm.vocab_size)
     return tw.Sweep(
         target.lm, target.num_tokens, target.eos, target.potential, twist,
-        forced_eos=target.forced_eos, defer_eos=defer_eos,
+        forced_eos=target.forced_eos, defer_eos=defer_eos, constrain=constrain,
     )
 
 
 def _build(target: Target, twist, n: int, scheme, ess_threshold: float, cond: bool, every,
-           defer_eos: bool):
-    sw = _sweep(target, twist, defer_eos)
+           defer_eos: bool, mesh=None):
+    sw = _sweep(target, twist, defer_eos, mesh)
     return jax.jit(tw.build_smc(sw, n, scheme, ess_threshold, cond, every))
 
 
@@ -133,17 +136,17 @@ def _prepare(target, num_particles, resampling_, ess_threshold, reference, resam
 
 
 def _compiled(target, twist, num_particles, scheme, ess_threshold, cond, resample_every,
-              defer_eos):
+              defer_eos, mesh=None):
     every = _every(resample_every)
     tkey, _ = _twist_args(twist)
     defer = (twist is None) if defer_eos is None else bool(defer_eos)
     key = (_static_key(target), tkey, int(num_particles), scheme, float(ess_threshold), cond,
            resample_every if callable(resample_every) else every is not None and resample_every,
-           defer)
+           defer, mesh)
     fns = _fns(target, "smc")
     if key not in fns:
         fns[key] = _build(target, twist, int(num_particles), scheme, float(ess_threshold), cond,
-                          every, defer)
+                          every, defer, mesh)
     return fns[key]
 
 
@@ -158,6 +161,7 @@ def smc(
     params: ArrayTree | None = None,
     resample_every: int | Callable | None = None,
     defer_eos: bool | None = None,
+    mesh=None,
 ) -> SMCResult:
     """Run twisted SMC (module docstring) on ``target``.
 
@@ -186,14 +190,19 @@ def smc(
             ESS-resampled log Z with N seen in genlm-control). The final weights are the same.
             Default: on without a twist, off with one (a good twist already prices finishing;
             the optimal twist keeps zero variance).
+        mesh: a ``('particles', 'model')`` mesh (:mod:`lm_inference.sharding`): the particles
+            (and their KV cache) split over ``'particles'``, the weights and the cache's KV heads
+            over ``'model'``; default ``target.lm.mesh``. The result equals the unsharded one to
+            float rounding.
 
     Returns:
         :class:`SMCResult`. A warning is issued when every particle died (``log_Z = -inf``).
     """
     scheme, cond, reference = _prepare(target, num_particles, resampling, ess_threshold, reference)
+    mesh, placed = resolve(target.lm, mesh, int(num_particles))
     fn = _compiled(target, twist, num_particles, scheme, ess_threshold, cond, resample_every,
-                   defer_eos)
-    params = target.lm.params if params is None else params
+                   defer_eos, mesh)
+    params = placed if params is None else params
     _, tparams = _twist_args(twist)
     pparams = None if target.potential is None else target.potential.params
     res, bad = fn(key, params, pparams, tparams, target.prompt_ids, reference)
@@ -221,6 +230,7 @@ def smc_runs(
     params: ArrayTree | None = None,
     resample_every: int | Callable | None = None,
     defer_eos: bool | None = None,
+    mesh=None,
 ) -> SMCResult:
     """``R`` independent :func:`smc` runs in one vmapped call (``keys [R]``, optional
     ``references [R, T]`` for conditional SMC); results have a leading ``R`` axis."""
@@ -228,8 +238,9 @@ def smc_runs(
         target, num_particles, resampling, ess_threshold,
         None if references is None else references[0],
     )
+    mesh, placed = resolve(target.lm, mesh, int(num_particles))
     fn = _compiled(target, twist, num_particles, scheme, ess_threshold, cond, resample_every,
-                   defer_eos)
+                   defer_eos, mesh)
     r = keys.shape[0]
     if cond:
         refs = target.check_tokens(references, "smc_runs: references")
@@ -237,7 +248,7 @@ def smc_runs(
             raise ValueError(f"smc_runs: {refs.shape[0]} references for {r} keys.")
     else:
         refs = jnp.zeros((r, target.num_tokens), jnp.int32)
-    params = target.lm.params if params is None else params
+    params = placed if params is None else params
     _, tparams = _twist_args(twist)
     pparams = None if target.potential is None else target.potential.params
     res, bad = jax.vmap(fn, (0, None, None, None, None, 0))(

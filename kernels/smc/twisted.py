@@ -290,6 +290,10 @@ class Sweep:
             weights are the same.
         proposal: ``None`` (the twist-induced proposal) or ``(out, tokens [N, T], t) -> [N, V]``
             unnormalized proposal logits (positive wherever ``p0 e^{w^next} psi_t`` is).
+        constrain: ``None`` or ``(state, replicated) -> state``, a sharding constraint applied to
+            the :class:`SweepState` after the prefill and after every step (e.g.
+            ``lm_inference.sharding.particle_constraint``); ``replicated`` names the fields to
+            replicate (the log weights and the flags). It changes placement, not values.
     """
 
     def __init__(
@@ -302,6 +306,7 @@ class Sweep:
         forced_eos: bool = False,
         defer_eos: bool = False,
         proposal: Callable | None = None,
+        constrain: Callable | None = None,
     ):
         self.model, self.T, self.eos = model, int(num_tokens), int(eos)
         self.v = int(model.vocab_size)
@@ -312,6 +317,13 @@ class Sweep:
         self.defer_eos = bool(defer_eos)
         self.proposal = proposal
         self.pad = max(self.eos, 0)
+        self._constrain = constrain
+
+    def constrain(self, c: SweepState) -> SweepState:
+        """``c`` under the sharding constraint (identity without one)."""
+        if self._constrain is None:
+            return c
+        return self._constrain(c, ("log_w", "bad"))
 
     # -- potential / twist outputs, checked ---------------------------------------------------
     def _checked(self, x, shape, what, pot):
@@ -549,7 +561,7 @@ def build_smc(
         return sw.advance(params, pparams, tparams, c, s, parts, t, defer_last, log_q)
 
     def sweep(key, params, pparams, tparams, prompt, reference):
-        c = sw.init(params, pparams, tparams, prompt, n)
+        c = sw.constrain(sw.init(params, pparams, tparams, prompt, n))
         keys = jax.random.split(key, (T, 2))
 
         def body(c, t):
@@ -558,7 +570,7 @@ def build_smc(
             thr = ess_threshold if every is None else jnp.where(every(c.tokens, t), ess_threshold, 0.0)
             anc, did, log_w = rs.resample_if(keys[t, 1], c.log_w, thr, scheme)
             c = sw.reorder(c._replace(log_w=log_w), anc, did)
-            c = sw.decode(params, c, t)
+            c = sw.constrain(sw.decode(params, c, t))
             return c, (ess, did)
 
         c, (ess_hist, did_hist) = jax.lax.scan(body, c, jnp.arange(T - 1))
@@ -569,7 +581,7 @@ def build_smc(
         if sw.forced_eos:
             c = sw.decode(params, c, T - 1)
             c = sw.forced(params, pparams, c)
-        c = sw.finish(c)
+        c = sw.constrain(sw.finish(c))  # log weights and flags replicated: readable everywhere
         log_Z = jax.nn.logsumexp(c.log_w) - jnp.log(n)
         ess_hist = jnp.concatenate([ess_hist, rs.ess(c.log_w)[None]])
         did_hist = jnp.concatenate([did_hist, jnp.zeros(1, bool)])

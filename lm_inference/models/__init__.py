@@ -6,8 +6,18 @@ returns ``(final hidden states, updated KV cache of all layers)``, the layers un
 ``lax.scan`` (:mod:`lm_inference.models.layers`).
 
 Adding an architecture is declarative: a module in this package defines
-``ARCHITECTURES = {model_type: Architecture(...)}`` stating its class, what it covers and its
-dimensions; the registry collects every module's table (nothing else changes).
+``ARCHITECTURES = {model_type: Architecture(...)}`` stating its class, what it covers, its
+dimensions and its sharding rules; the registry collects every module's table (nothing else
+changes).
+
+Sharding rules (:data:`Rules`) map a parameter's dotted Hugging Face name (a regular expression,
+first match wins) to the mesh axis of each of its dimensions, for the ``'model'`` axis of a
+``('particles', 'model')`` mesh (:mod:`lm_inference.sharding`): tensor parallelism in Megatron's
+pattern, projections into the heads and the MLP width split over their output features
+(column-parallel), the projections back to the hidden size over their input features
+(row-parallel), the embedding and output head over the vocabulary; norms and anything unmatched
+are replicated. Rules only place data: XLA's partitioner keeps every result equal to the
+unsharded one whatever the rules say.
 """
 
 from __future__ import annotations
@@ -22,8 +32,11 @@ __all__ = [
     "UnsupportedArchitectureError",
     "Architecture",
     "Dims",
+    "Rules",
+    "DECODER_RULES",
     "module_class",
     "dims",
+    "rules",
     "registry",
 ]
 
@@ -40,12 +53,29 @@ class Dims(NamedTuple):
     max_positions: int
 
 
+Rules = tuple[tuple[str, tuple[str | None, ...]], ...]
+"""``((regex on the dotted name, mesh axis per dimension), ...)``; first match wins."""
+
+_COL, _ROW, _VOCAB = ("model", None), (None, "model"), ("model", None)
+
+DECODER_RULES: Rules = (
+    # Linear weights are [out, in]: column-parallel splits out, row-parallel splits in
+    (r"\.(q_proj|k_proj|v_proj|gate_proj|up_proj)\.weight$", _COL),
+    (r"\.(q_proj|k_proj|v_proj|gate_proj|up_proj)\.bias$", ("model",)),
+    (r"\.(o_proj|down_proj)\.weight$", _ROW),
+    (r"(embed_tokens|lm_head)\.weight$", _VOCAB),
+)
+"""Llama-style names (Llama, Mistral, Qwen2/3, Gemma 2/3, OLMo 2, SmolLM3)."""
+
+
 class Architecture(NamedTuple):
-    """One ``model_type``: its nnx module class, a description, and its :class:`Dims`."""
+    """One ``model_type``: its nnx module class, a description, its :class:`Dims` and its
+    sharding :data:`Rules`."""
 
     module: Any  # nnx.Module subclass: ``cls(config, dtype)``
     description: str
     dims: Callable[[Any], Dims]
+    rules: Rules = DECODER_RULES
 
 
 def decoder_dims(config) -> Dims:
@@ -109,6 +139,11 @@ def module_class(config):
 def dims(config) -> Dims:
     """:class:`Dims` read from a Hugging Face config."""
     return _check(config).dims(config)
+
+
+def rules(config) -> Rules:
+    """The sharding :data:`Rules` of ``config.model_type``."""
+    return _check(config).rules
 
 
 def __getattr__(name):

@@ -122,4 +122,13 @@ def _dims(config) -> Dims:
     return Dims(config.n_layer, n, n, h // n, h, config.vocab_size, config.n_positions)
 
 
-ARCHITECTURES = {"gpt2": Architecture(GPT2LMHeadModel, "GPT-2", _dims)}
+# Conv1D weights are [in, out]; c_attn fuses q | k | v across all heads, so splitting its output
+# would cut through the heads: it stays replicated and the heads are split after it
+RULES = (
+    (r"\.mlp\.c_fc\.weight$", (None, "model")),
+    (r"\.mlp\.c_fc\.bias$", ("model",)),
+    (r"\.(attn|mlp)\.c_proj\.weight$", ("model", None)),
+    (r"(wte|lm_head)\.weight$", ("model", None)),
+)
+
+ARCHITECTURES = {"gpt2": Architecture(GPT2LMHeadModel, "GPT-2", _dims, RULES)}

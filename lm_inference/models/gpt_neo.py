@@ -109,4 +109,13 @@ def _dims(config) -> Dims:
     )
 
 
-ARCHITECTURES = {"gpt_neo": Architecture(GPTNeoForCausalLM, "GPT-Neo (TinyStories)", _dims)}
+RULES = (  # Linear weights [out, in]
+    (r"\.(q_proj|k_proj|v_proj|c_fc)\.weight$", ("model", None)),
+    (r"\.c_fc\.bias$", ("model",)),
+    (r"\.(out_proj|c_proj)\.weight$", (None, "model")),
+    (r"(wte|lm_head)\.weight$", ("model", None)),
+)
+
+ARCHITECTURES = {
+    "gpt_neo": Architecture(GPTNeoForCausalLM, "GPT-Neo (TinyStories)", _dims, RULES)
+}

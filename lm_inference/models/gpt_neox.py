@@ -138,6 +138,14 @@ class GPTNeoXForCausalLM(nnx.Module):
         return self.embed_out(hidden)
 
 
+# query_key_value is fused per head ([H, 3, D] rows), so splitting its rows splits whole heads
+RULES = (
+    (r"\.(query_key_value|dense_h_to_4h)\.weight$", ("model", None)),
+    (r"\.(query_key_value|dense_h_to_4h)\.bias$", ("model",)),
+    (r"\.(attention\.dense|dense_4h_to_h)\.weight$", (None, "model")),
+    (r"(embed_in|embed_out)\.weight$", ("model", None)),
+)
+
 ARCHITECTURES = {
-    "gpt_neox": Architecture(GPTNeoXForCausalLM, "GPT-NeoX, Pythia", decoder_dims),
+    "gpt_neox": Architecture(GPTNeoXForCausalLM, "GPT-NeoX, Pythia", decoder_dims, RULES),
 }

@@ -196,6 +196,13 @@ class Phi3ForCausalLM(nnx.Module):
         return self.lm_head(hidden)
 
 
+# qkv_proj ([q | k | v] across heads) and gate_up_proj ([gate | up]) are fused across what a split
+# must keep apart: replicated, the heads and the MLP width split after them
+RULES = (
+    (r"\.(o_proj|down_proj)\.weight$", (None, "model")),
+    (r"(embed_tokens|lm_head)\.weight$", ("model", None)),
+)
+
 ARCHITECTURES = {
-    "phi3": Architecture(Phi3ForCausalLM, "Phi-3, Phi-3.5, Phi-4-mini", decoder_dims),
+    "phi3": Architecture(Phi3ForCausalLM, "Phi-3, Phi-3.5, Phi-4-mini", decoder_dims, RULES),
 }
