@@ -6,14 +6,17 @@ Model: the embedded default model (``lm_inference.load()``), prompt ``"ROMEO.\\n
 
 - ``king``: the rare event ``phi = 1[" king" in s]``, T = 10 (log Z about -4.8);
 - ``royal``: a tempered score, ``log phi = log sigmoid((k(s) - 1) / 0.5)`` with ``k`` the number
-  of " king" / " lord" / " queen" / " prince" tokens (smooth, ``phi <= 1``), T = 10.
+  of " king" / " lord" / " queen" / " prince" tokens (smooth, ``phi <= 1``), T = 10;
+- ``infill``: infilling, ``phi(s) = p0(" my lord" | prompt, s)`` for T = 6 middle tokens, EOS off
+  (:func:`lm_inference.potentials.infilling`; ``phi <= 1``).
 
 Exact target samples (references of the upper bounds) come from rejection sampling. Every method
 trains the same default MLP head for ``--steps`` steps of 64 (CTL, SIXO, DPG without exact
 samples: the positives are self-normalized proposal draws). ``--quick``: 1 seed, 40 steps,
 4 runs per bound.
 
-Usage: python benchmarks/bench_twist_methods.py [--quick] [--targets king,royal]
+Usage: python benchmarks/bench_twist_methods.py [--quick] [--targets king,royal,infill]
+       [--steps S] [--seeds K] [--runs R]
 """
 
 import argparse
@@ -49,6 +52,11 @@ def targets(lm, names):
             return jnp.sum(jnp.isin(s, royal)).astype(jnp.float32)
 
         out["royal"] = Target(lm, "ROMEO.\n", 10, potentials.threshold(count, 1.0, soft=0.5))
+    if "infill" in names:
+        prompt = jnp.asarray(lm.tokenizer("ROMEO.\n")["input_ids"], jnp.int32)
+        cont = jnp.asarray(lm.tokenizer(" my lord")["input_ids"], jnp.int32)
+        pot = potentials.infilling(lm, prompt, cont)
+        out["infill"] = Target(lm, prompt, 6, pot, eos_token_id=-1)
     return out
 
 
@@ -69,13 +77,14 @@ def fmt(x):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--targets", default="king,royal")
+    ap.add_argument("--targets", default="king,royal,infill")
+    ap.add_argument("--runs", type=int, default=None)
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--seeds", type=int, default=None)
     a = ap.parse_args()
     steps = a.steps or (40 if a.quick else 200)
     seeds = a.seeds or (1 if a.quick else 3)
-    runs = 4 if a.quick else 16
+    runs = a.runs or (4 if a.quick else 16)
     ns = (32, 512)
     lm = lm_inference.load()
     t0 = time.perf_counter()

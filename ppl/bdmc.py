@@ -50,6 +50,9 @@ class BDMCResult(NamedTuple):
         data: dict of observed site values, each ``(R, ...)``: what was bracketed.
         latents: dict of the exact posterior samples (constrained latent sites), ``(R, ...)``.
         schedule: the frozen schedule shared by both directions.
+        simulated: whether each run drew its own data set (simulated mode): run ``r`` then
+            brackets its own ``log p(data_r)``, and :meth:`summary` never pools bounds of
+            different data sets into one bracket.
     """
 
     lower: Array
@@ -57,6 +60,7 @@ class BDMCResult(NamedTuple):
     data: dict
     latents: dict
     schedule: FrozenSchedule
+    simulated: bool = False
 
     @property
     def gap(self) -> Array:
@@ -66,10 +70,18 @@ class BDMCResult(NamedTuple):
     def summary(self, alpha: float = 0.05) -> dict:
         """Means with normal ``1 - alpha`` intervals, the stochastic bounds, and the gap.
 
-        ``lower_lme = log mean exp(L)`` and ``upper_lme = -log mean exp(-U)`` are the
-        consistent (unbiased-in-Z) estimates; ``max_lower_bound = max L - log(2R/alpha)`` and
-        ``min_upper_bound = min U + log(2R/alpha)`` bracket ``log Z`` with probability at least
-        ``1 - alpha`` (when all runs share one data set).
+        One data set (user data): ``lower_lme = log mean exp(L)`` and ``upper_lme = -log mean
+        exp(-U)`` are the consistent (unbiased-in-Z) estimates; ``max_lower_bound = max L -
+        log(2R/alpha)`` and ``min_upper_bound = min U + log(2R/alpha)`` bracket ``log Z`` with
+        probability at least ``1 - alpha``.
+
+        Simulated mode (a data set per run, :attr:`simulated`): those four pool runs of different
+        ``log Z_r`` and are ``None``. Instead ``brackets`` ``(R, 2)`` holds, per data set,
+        ``[L_r - log(2R/alpha), U_r + log(2R/alpha)]``: by Markov's inequality and a union bound
+        over the ``2R`` one-sided events, every ``log Z_r`` lies in its bracket with probability
+        at least ``1 - alpha``. ``lower_mean`` / ``upper_mean`` are then bounds on the average
+        ``log Z_r`` over data sets, and ``gap_mean`` (paired per data set) is the mixing
+        diagnostic.
         """
         from scipy import special, stats
 
@@ -84,14 +96,23 @@ class BDMCResult(NamedTuple):
         slack = np.log(2 * R / alpha)
         out = {
             "num_runs": R,
+            "simulated": bool(self.simulated),
             "lower_mean": ci(lo),
             "upper_mean": ci(up),
             "gap_mean": ci(up - lo),
-            "lower_lme": float(special.logsumexp(lo) - np.log(R)),
-            "upper_lme": float(-(special.logsumexp(-up) - np.log(R))),
-            "max_lower_bound": float(lo.max() - slack),
-            "min_upper_bound": float(up.min() + slack),
         }
+        if self.simulated:
+            out.update(
+                lower_lme=None, upper_lme=None, max_lower_bound=None, min_upper_bound=None,
+                brackets=np.stack([lo - slack, up + slack], axis=1),
+            )
+        else:
+            out.update(
+                lower_lme=float(special.logsumexp(lo) - np.log(R)),
+                upper_lme=float(-(special.logsumexp(-up) - np.log(R))),
+                max_lower_bound=float(lo.max() - slack),
+                min_upper_bound=float(up.min() + slack),
+            )
         return out
 
     def to_dataframe_dict(self) -> dict:
@@ -273,7 +294,7 @@ def bdmc(
     keys_up = jax.random.split(k_up, num_runs)
     lower = jax.vmap(lambda k, d: one(k, d, None))(keys_lo, sim_data)
     upper = jax.vmap(one)(keys_up, sim_data, latents)
-    return BDMCResult(lower, upper, sim_data, latents, frozen)
+    return BDMCResult(lower, upper, sim_data, latents, frozen, simulated=data is None)
 
 
 class _CallableModule(types.ModuleType):

@@ -52,15 +52,24 @@ def test_simulated_data_bracketed(simulated):
     assert gap.mean() / (gap.std(ddof=1) / np.sqrt(R)) > -3  # z-score: E[U] >= E[L]
 
 
-def test_summary(simulated):
-    res, _ = simulated
+def test_summary_simulated_keeps_data_sets_apart(simulated):
+    """Simulated mode: no pooled bracket across data sets (they have different log Z_r); the
+    per-data-set brackets hold every exact log Z_r (distribution-free, prob >= 1 - alpha)."""
+    res, truth = simulated
+    assert res.simulated
     s = res.summary(alpha=0.05)
     lo, (lo_a, lo_b) = s["lower_mean"]
-    assert lo_a < lo < lo_b and s["num_runs"] == R
-    assert s["max_lower_bound"] == pytest.approx(
-        float(np.max(res.lower)) - np.log(2 * R / 0.05), rel=1e-5
-    )
-    assert s["upper_lme"] <= float(np.max(res.upper)) + 1e-5
+    assert lo_a < lo < lo_b and s["num_runs"] == R and s["simulated"]
+    assert s["max_lower_bound"] is None and s["lower_lme"] is None
+    assert s["upper_lme"] is None and s["min_upper_bound"] is None
+    b = s["brackets"]
+    assert b.shape == (R, 2)
+    np.testing.assert_allclose(b[:, 0], np.asarray(res.lower) - np.log(2 * R / 0.05), rtol=1e-6)
+    assert np.all((b[:, 0] <= truth) & (truth <= b[:, 1]))
+    # the log Z_r really differ across data sets (pooling them would be wrong)
+    assert truth.std() > 3 * float(np.mean(res.gap))
+    gap, (g_a, g_b) = s["gap_mean"]
+    assert g_a < gap < g_b
 
 
 def test_user_data_with_exact_posterior_samples():
@@ -81,6 +90,11 @@ def test_user_data_with_exact_posterior_samples():
         schedule=FrozenSchedule(jnp.linspace(0, 1, 6) ** 2, jnp.full(5, 0.2), jnp.ones((5, 2))),
     )
     L, U = np.asarray(res.lower, np.float64), np.asarray(res.upper, np.float64)
+    assert not res.simulated
+    s = res.summary(alpha=0.05)  # one data set: the pooled bracket holds log Z
+    assert s["max_lower_bound"] == pytest.approx(float(L.max()) - np.log(2 * R / 0.05), rel=1e-5)
+    assert s["max_lower_bound"] <= log_z <= s["min_upper_bound"]
+    assert s["upper_lme"] <= float(U.max()) + 1e-5 and "brackets" not in s
     assert abs(oracles.lme_z(L, log_z)) < 4  # z-score
     assert abs(oracles.lme_z(-U, -log_z)) < 4  # z-score
     assert L.max() <= log_z + SLACK and U.min() >= log_z - SLACK
