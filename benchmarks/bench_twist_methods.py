@@ -126,6 +126,8 @@ def main():
                 cells += [fmt(lo), fmt(up), f"[{fmt(kl[0])}, {fmt(kl[1])}]", f"{ess:.2f}"]
             lines.append(f"| {m} | " + " | ".join(cells) + f" | {warned[m]}/{len(rows)} |")
         lines.append("")
+        # written after every target, so an interrupted run keeps the finished tables
+        RESULTS.write_text("\n".join(lines + [f"(partial: {name} done)"]) + "\n")
     lines.append(f"Total {time.perf_counter() - t0:.0f} s.")
     RESULTS.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

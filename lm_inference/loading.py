@@ -125,11 +125,52 @@ class CausalLM:
         out.mesh = mesh
         return out
 
+    #: :meth:`broadcast_state` keeps one copy of the prompt's keys and values for all particles
+    #: (``False``: ``N`` copies, the layout of :func:`lm_inference.base.broadcast_cache`)
+    share_prompt: bool = True
+
     # ---------------------------------------------------------------- pure functions
     def _forward(self, params, tokens, positions, cache, start):
         model = nnx.merge(self.graphdef, params)
         hidden, layers = model(tokens, positions, cache["layers"], cache["valid"], start)
         return model, hidden, layers
+
+    def broadcast_state(self, cache: dict, num_particles: int, prompt_length: int) -> dict:
+        """A batch-1 prefill cache (``prompt_length`` slots used) for ``num_particles`` rows.
+
+        With :attr:`share_prompt` (default) the prompt's keys and values stay one copy,
+        ``cache["prefix"]`` (``[1, L, H_kv, P, D]``, attended by every row,
+        :mod:`lm_inference.models.layers`), and each row holds only the generated slots:
+        memory per particle is ``S - P`` slots instead of ``S``, and :meth:`reorder_state`
+        moves only those. Otherwise every leaf is repeated (``broadcast_cache``)."""
+        from kernels.smc.sequential import broadcast
+
+        if not self.share_prompt or "prefix" in cache:
+            return broadcast(cache, num_particles)
+        p, n = int(prompt_length), int(num_particles)
+        layers = cache["layers"]
+        s = layers["k"].shape[3]
+        prefix = {
+            "k": layers["k"][:, :, :, :p], "v": layers["v"][:, :, :, :p],
+            "valid": cache["valid"][:, :p],
+        }
+        gen = jnp.zeros((n, *layers["k"].shape[1:3], s - p, layers["k"].shape[4]), layers["k"].dtype)
+        return {
+            "prefix": prefix,
+            "layers": {"k": gen, "v": gen},
+            "valid": jnp.zeros((n, s - p), bool),
+            "index": jnp.broadcast_to(cache["index"][:1] - p, (n,)),
+            "position": jnp.broadcast_to(cache["position"][:1], (n,)),
+        }
+
+    @staticmethod
+    def reorder_state(cache: dict, ancestors: Array) -> dict:
+        """Rows gathered by ``ancestors``; a shared prompt (:meth:`broadcast_state`) is not
+        moved."""
+        from kernels.smc.base import gather
+
+        rows = gather({k: v for k, v in cache.items() if k != "prefix"}, ancestors)
+        return rows if "prefix" not in cache else {**rows, "prefix": cache["prefix"]}
 
     def prefill(
         self, params: ArrayTree, token_ids: Array, attention_mask: Array, max_length: int
@@ -157,21 +198,34 @@ class CausalLM:
     def decode_step(
         self, params: ArrayTree, tokens: Array, cache: dict
     ) -> tuple[DecodeOutput, dict]:
-        """Append one token per row (``tokens [B]``) and return the next-token output."""
+        """Append one token per row (``tokens [B]``) and return the next-token output (also on
+        a shared-prompt cache, :meth:`broadcast_state`)."""
         start = cache["index"][0]
         slots = jnp.arange(cache["valid"].shape[1])
         valid = cache["valid"] | (slots == start)[None]
-        step = {**cache, "valid": valid}
         positions = cache["position"][:, None]
-        model, hidden, layers = self._forward(params, tokens[:, None], positions, step, start)
+        if "prefix" in cache:  # slots: the prompt's P, then the generated ones
+            pre = cache["prefix"]
+            p = pre["valid"].shape[1]
+            b = tokens.shape[0]
+            step = {
+                "layers": {**cache["layers"], "prefix_k": pre["k"], "prefix_v": pre["v"]},
+                "valid": jnp.concatenate([jnp.broadcast_to(pre["valid"], (b, p)), valid], 1),
+            }
+            model, hidden, layers = self._forward(params, tokens[:, None], positions, step, start + p)
+            layers = {"k": layers["k"], "v": layers["v"]}
+        else:
+            step = {**cache, "valid": valid}
+            model, hidden, layers = self._forward(params, tokens[:, None], positions, step, start)
         last = hidden[:, 0]
         out = DecodeOutput(model.unembed(last).astype(jnp.float32), last)
-        return out, {
+        new = {
             "layers": layers,
             "valid": valid,
             "index": cache["index"] + 1,
             "position": cache["position"] + 1,
         }
+        return out, (new if "prefix" not in cache else {**new, "prefix": cache["prefix"]})
 
     def _full_logits(self, params, token_ids, attention_mask):
         b, t = token_ids.shape
@@ -236,12 +290,21 @@ class CausalLM:
         mask = np.array([[0] * (p - len(r)) + [1] * len(r) for r in rows], np.int32)
         return jnp.asarray(ids), jnp.asarray(mask)
 
-    def cache_bytes_per_particle(self, max_length: int) -> int:
-        """Bytes of KV cache one particle holds for ``max_length`` positions."""
+    def cache_bytes_per_particle(self, max_length: int, prompt_length: int = 0) -> int:
+        """Bytes of KV cache one particle holds for ``max_length`` positions, of which the first
+        ``prompt_length`` are a prompt shared by all particles (:attr:`share_prompt`; those
+        are :meth:`cache_bytes_shared`, counted once)."""
+        s = max_length - (prompt_length if self.share_prompt else 0)
+        return self._kv_bytes(s) + s + 8  # + the validity mask and the two int32 counters
+
+    def cache_bytes_shared(self, prompt_length: int) -> int:
+        """Bytes of the prompt's KV cache held once for all particles (0 without
+        :attr:`share_prompt`)."""
+        return self._kv_bytes(prompt_length) + prompt_length if self.share_prompt else 0
+
+    def _kv_bytes(self, slots: int) -> int:
         d = self.dims
-        itemsize = jnp.dtype(self.dtype).itemsize
-        kv = 2 * d.num_layers * max_length * d.num_kv_heads * d.head_dim * itemsize
-        return kv + max_length + 8  # + the validity mask and the two int32 counters
+        return 2 * d.num_layers * slots * d.num_kv_heads * d.head_dim * jnp.dtype(self.dtype).itemsize
 
     def save_pretrained(self, path: str | os.PathLike) -> Path:
         """Write ``config.json``, ``model.safetensors`` (Hugging Face names) and the tokenizer."""

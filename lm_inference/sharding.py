@@ -170,7 +170,11 @@ def particle_constraint(mesh: Mesh | None, vocab_size: int | None = None) -> Cal
     rep = NamedSharding(mesh, PartitionSpec())
 
     def leaf(path, x):
-        kv = any(isinstance(k, jax.tree_util.DictKey) and k.key in ("k", "v") for k in path)
+        keys = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
+        kv = "k" in keys or "v" in keys
+        if "prefix" in keys:  # the shared prompt: one copy, on every particle shard
+            spec = PartitionSpec(None, None, MODEL) if kv and m and np.ndim(x) == 5 else PartitionSpec()
+            return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
         spec = _spec(x, m, kv, vocab)
         return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 

@@ -146,6 +146,10 @@ class SequenceModel(Protocol):
     ``out.logits`` is ``[N, V]`` (other fields of ``out``, e.g. an LM's hidden state, are passed
     to a twist function); ``state`` is a pytree with a leading particle axis (a KV cache),
     gathered on resampling. Hugging Face LMs of :mod:`lm_inference` satisfy it.
+
+    Optional hooks: ``broadcast_state(state, n, prompt_length)`` (default: repeat every leaf of
+    the batch-1 prefill state ``n`` times) and ``reorder_state(state, ancestors)`` (default:
+    gather every leaf), e.g. to keep one shared copy of the prompt's KV cache.
     """
 
     vocab_size: int
@@ -353,7 +357,9 @@ class Sweep:
         out, cache = self.model.prefill(
             params, prompt[None], jnp.ones((1, plen), jnp.int32), plen + self.T + extra
         )
-        cache, out = broadcast(cache, n), broadcast(out, n)
+        hook = getattr(self.model, "broadcast_state", None)
+        cache = broadcast(cache, n) if hook is None else hook(cache, n, plen)
+        out = broadcast(out, n)
         pstate = () if self.pot is None else self.pot.init_batch(pparams, prompt, n, self.T)
         tstate = self.twist.init_batch(tparams, prompt, n, self.T) if self.critic else ()
         zeros = jnp.zeros(n, _float())
@@ -521,11 +527,13 @@ class Sweep:
         """Gather every particle's model state, tokens and potential states by ``anc`` (only the
         large states go under ``lax.cond(did)``)."""
 
-        def take(x):
-            return jax.lax.cond(did, lambda y: gather(y, anc), lambda y: y, x)
+        def take(x, fn=gather):
+            return jax.lax.cond(did, lambda y: fn(y, anc), lambda y: y, x)
 
+        hook = getattr(self.model, "reorder_state", None)
         return c._replace(
-            out=take(c.out), cache=take(c.cache), tokens=c.tokens[anc], done=c.done[anc],
+            out=take(c.out), cache=take(c.cache, gather if hook is None else hook),
+            tokens=c.tokens[anc], done=c.done[anc],
             log_phi=c.log_phi[anc], log_c=c.log_c[anc], log_defer=c.log_defer[anc],
             log_psi=c.log_psi[anc], pstate=take(c.pstate), tstate=take(c.tstate),
         )

@@ -38,8 +38,10 @@ from lm_inference.models.layers import (
     apply_rope,
     attend,
     attention_mask,
+    mix,
     rope_inverse_frequencies,
     run_layers,
+    scores,
     write_kv,
 )
 
@@ -86,20 +88,15 @@ def softcap(x: Array, cap: float | None) -> Array:
 
 
 def attend_softcapped(
-    q: Array, k: Array, v: Array, mask: Array, scale: float, cap: float | None
+    q: Array, k, v, mask: Array, scale: float, cap: float | None
 ) -> Array:
     """``softmax(mask(cap tanh(scale q k^T / cap))) v`` in float32; :func:`layers.attend` when
     ``cap`` is ``None``. Shapes as in :func:`lm_inference.models.layers.attend`."""
     if cap is None:
         return attend(q, k, v, mask, scale)
-    b, tq, h, d = q.shape
-    hkv = k.shape[1]
-    q = q.reshape(b, tq, hkv, h // hkv, d)
-    s = jnp.einsum("btkgd,bksd->bkgts", q, k, preferred_element_type=jnp.float32) * scale
+    s = scores(q, k) * scale
     s = jnp.where(mask[:, None, None], softcap(s, cap), jnp.finfo(jnp.float32).min)
-    p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
-    o = jnp.einsum("bkgts,bksd->btkgd", p, v, preferred_element_type=jnp.float32).astype(v.dtype)
-    return o.reshape(b, tq, h * d)
+    return mix(jax.nn.softmax(s, axis=-1), v)
 
 
 def _check(config) -> None:

@@ -17,6 +17,13 @@ the batch axis first (so reordering particles is one gather, :func:`lm_inference
 Attention of a query in slot ``i`` sees slot ``j`` when ``valid[j]``, ``j <= i`` and, for
 windowed (local / sliding) layers, ``j > i - window``.
 
+A cache may also hold a *shared prompt* (:meth:`lm_inference.CausalLM.broadcast_state`):
+``prefix = {"k", "v": [1, L, H_kv, P, D], "valid": [1, P]}``, one copy attended by every row,
+and ``layers`` only the ``S`` generated slots. Slots are then numbered ``0 .. P - 1`` (prompt)
+then ``P .. P + S - 1`` (generated) for the masks; :func:`write_kv` writes generated slot
+``start - P`` and returns the layer's keys as the pair ``(prompt [1, H_kv, P, D], generated
+[B, H_kv, S, D])``, which :func:`attend` takes as the concatenation without building it.
+
 The ``L`` decoder layers run under one ``jax.lax.scan`` (:func:`run_layers`), so the compiled
 program holds one layer body whatever the depth: the layers' parameters (stored per layer under
 Hugging Face's names) are stacked along a leading axis at trace time, and what differs between
@@ -50,6 +57,8 @@ __all__ = [
     "activation",
     "attention_mask",
     "attend",
+    "scores",
+    "mix",
     "rope_inverse_frequencies",
     "apply_rope",
     "new_cache",
@@ -189,25 +198,55 @@ def attention_mask(valid: Array, query_slots: Array, window: int | Array | None)
     return mask
 
 
-def attend(q: Array, k: Array, v: Array, mask: Array, scale: float) -> Array:
+def scores(q: Array, k) -> Array:
+    """``q k^T`` in float32: ``q [B, Tq, H, D]``, ``k [B, H_kv, S, D]`` or a shared-prompt pair
+    ``(k_prompt [1, H_kv, P, D], k_generated [B, H_kv, S, D])`` (module docstring), giving
+    ``[B, H_kv, H / H_kv, Tq, S]`` (``P + S`` slots for a pair)."""
+    b, tq, h, d = q.shape
+    parts = k if isinstance(k, tuple) else (k,)
+    hkv = parts[-1].shape[1]
+    q = q.reshape(b, tq, hkv, h // hkv, d)
+    out = []
+    for part in parts:
+        if part.shape[0] == 1 and b != 1:  # the shared prompt: one copy for every row
+            out.append(jnp.einsum("btkgd,ksd->bkgts", q, part[0], preferred_element_type=jnp.float32))
+        else:
+            out.append(jnp.einsum("btkgd,bksd->bkgts", q, part, preferred_element_type=jnp.float32))
+    return out[0] if len(out) == 1 else jnp.concatenate(out, axis=-1)
+
+
+def mix(p: Array, v) -> Array:
+    """``p v`` for probabilities ``p [B, H_kv, G, Tq, S]`` and values as in :func:`scores`,
+    returning ``[B, Tq, H * D]``."""
+    parts = v if isinstance(v, tuple) else (v,)
+    b, _, _, tq, _ = p.shape
+    o, at = 0.0, 0
+    for part in parts:
+        n = part.shape[2]
+        w = p[..., at : at + n].astype(part.dtype)
+        at += n
+        if part.shape[0] == 1 and b != 1:
+            o = o + jnp.einsum("bkgts,ksd->bkgtd", w, part[0], preferred_element_type=jnp.float32)
+        else:
+            o = o + jnp.einsum("bkgts,bksd->bkgtd", w, part, preferred_element_type=jnp.float32)
+    o = o.astype(parts[-1].dtype)
+    return o.transpose(0, 3, 1, 2, 4).reshape(b, tq, -1)
+
+
+def attend(q: Array, k, v, mask: Array, scale: float) -> Array:
     """Grouped-query attention ``softmax(scale q k^T + mask) v``, scores and softmax in float32.
 
     Args:
         q: ``[B, Tq, H, D]``; k, v: ``[B, H_kv, S, D]`` (the cache layout) with ``H`` a multiple of
-            ``H_kv``;
+            ``H_kv``, or shared-prompt pairs (:func:`scores`);
         mask: ``[B, Tq, S]`` (a fully masked row gives a uniform average, never NaN).
 
     Returns:
         ``[B, Tq, H * D]``.
     """
-    b, tq, h, d = q.shape
-    hkv = k.shape[1]
-    q = q.reshape(b, tq, hkv, h // hkv, d)
-    s = jnp.einsum("btkgd,bksd->bkgts", q, k, preferred_element_type=jnp.float32) * scale
+    s = scores(q, k) * scale
     s = jnp.where(mask[:, None, None], s, jnp.finfo(jnp.float32).min)
-    p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
-    o = jnp.einsum("bkgts,bksd->bkgtd", p, v, preferred_element_type=jnp.float32).astype(v.dtype)
-    return o.transpose(0, 3, 1, 2, 4).reshape(b, tq, h * d)
+    return mix(jax.nn.softmax(s, axis=-1), v)
 
 
 def rope_inverse_frequencies(config, head_dim: int) -> np.ndarray:
@@ -276,21 +315,28 @@ def write_kv(
     kv: dict, layer: int | Array, k: Array, v: Array, start: int | Array
 ) -> tuple[dict, Array, Array]:
     """Write ``k, v [B, T, H_kv, D]`` into slots ``start .. start + T - 1`` of layer ``layer`` of
-    ``kv`` (``{"k", "v"}`` of shape ``[B, L, H_kv, S, D]``); ``layer`` may be traced.
+    ``kv`` (``{"k", "v"}`` of shape ``[B, L, H_kv, S, D]``); ``layer`` may be traced. With a shared
+    prompt (``kv`` also holds ``prefix_k, prefix_v [1, L, H_kv, P, D]``), ``start`` counts the
+    prompt's ``P`` slots first (module docstring).
 
     Returns:
         ``(kv, keys, values)``: the updated cache (only the ``T`` new slots written) and that
-        layer's keys and values ``[B, H_kv, S, D]``.
+        layer's keys and values ``[B, H_kv, S, D]`` (pairs with a shared prompt).
     """
-    out, layer_kv = {}, []
+    p = kv["prefix_k"].shape[3] if "prefix_k" in kv else 0
+    out, layer_kv = dict(kv), []
     for name, new in (("k", k), ("v", v)):
         full = jax.lax.dynamic_update_slice(
             kv[name],
             jnp.swapaxes(new, 1, 2)[:, None].astype(kv[name].dtype),
-            (0, layer, 0, start, 0),
+            (0, layer, 0, start - p, 0),
         )
         out[name] = full
-        layer_kv.append(jax.lax.dynamic_index_in_dim(full, layer, 1, keepdims=False))
+        mine = jax.lax.dynamic_index_in_dim(full, layer, 1, keepdims=False)
+        if p:
+            shared = jax.lax.dynamic_index_in_dim(kv["prefix_" + name], layer, 1, keepdims=False)
+            mine = (shared, mine)
+        layer_kv.append(mine)
     return out, layer_kv[0], layer_kv[1]
 
 

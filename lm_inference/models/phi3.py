@@ -178,7 +178,9 @@ class Phi3ForCausalLM(nnx.Module):
 
     def __call__(self, tokens: Array, positions: Array, layers: dict, valid: Array, start):
         x = self.model.embed_tokens(tokens)
-        long = layers["k"].shape[3] > self.original_max_positions  # static: the cache length
+        # static: the cache length (a shared prompt's slots included)
+        length = layers["k"].shape[3] + (layers["prefix_k"].shape[3] if "prefix_k" in layers else 0)
+        long = length > self.original_max_positions
         inv_freq = jnp.asarray(self.long_inv_freq if long else self.short_inv_freq, jnp.float32)
         rope = (inv_freq, self.rope_scale)
 
