@@ -18,7 +18,6 @@ Usage: python benchmarks/bench_prompt_cache.py [--quick] [--model PATH] [--n 64]
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime
 import os
 import platform
@@ -51,10 +50,7 @@ def potential(s):
 
 
 def layouts(lm):
-    full = copy.copy(lm)
-    full.__dict__ = {k: v for k, v in lm.__dict__.items() if not k.startswith("_")}
-    full.share_prompt = False
-    return {"shared": lm, "copied": full}
+    return {"shared": lm, "copied": lm.replace(share_prompt=False)}
 
 
 def measure(lm, prompt, n, reps):

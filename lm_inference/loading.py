@@ -112,17 +112,21 @@ class CausalLM:
         """
         from lm_inference import sharding
 
-        out = object.__new__(CausalLM)
-        out.__dict__.update(
-            {k: v for k, v in self.__dict__.items() if not k.startswith("_")
-             and k not in ("params", "mesh")}
-        )
         if mesh is None:
-            out.params = jax.device_put(self.params, jax.devices()[0])
-        else:
-            sharding.check_mesh(self.dims, mesh)
-            out.params = sharding.shard_params(self.params, rules(self.config), mesh)
-        out.mesh = mesh
+            return self.replace(params=jax.device_put(self.params, jax.devices()[0]), mesh=None)
+        sharding.check_mesh(self.dims, mesh)
+        return self.replace(params=sharding.shard_params(self.params, rules(self.config), mesh),
+                            mesh=mesh)
+
+    def replace(self, **changes) -> CausalLM:
+        """A copy with attributes changed (e.g. ``share_prompt=False``, ``params=...``); the
+        rest (parameters, tokenizer, config) is shared, compiled functions are not."""
+        out = object.__new__(CausalLM)
+        out.__dict__.update({k: v for k, v in self.__dict__.items() if not k.startswith("_")})
+        for name, value in changes.items():
+            if not hasattr(self, name):
+                raise AttributeError(f"CausalLM.replace: no attribute {name!r}.")
+            setattr(out, name, value)
         return out
 
     #: :meth:`broadcast_state` keeps one copy of the prompt's keys and values for all particles

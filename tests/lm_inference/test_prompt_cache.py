@@ -7,8 +7,6 @@ samples and resampling decisions are identical and log weights agree to float32 
 (``1e-5`` absolute; observed ``<= 6e-6`` on values of order 10).
 """
 
-import copy
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,10 +25,7 @@ def potential(s):
 
 def _copied(lm):
     """The same model (same parameters) with the prompt copied per particle."""
-    other = copy.copy(lm)
-    other.__dict__ = {k: v for k, v in lm.__dict__.items() if not k.startswith("_")}
-    other.share_prompt = False
-    return other
+    return lm.replace(share_prompt=False)
 
 
 def _pair(name):
