@@ -9,9 +9,12 @@ constants:
   final prompt position, and a KV cache with room for ``max_length`` positions in total.
 - ``decode_step(params, tokens [B], cache) -> (DecodeOutput, cache)`` appends one token per row.
 
-Every leaf of a cache has the batch (particle) axis first, so reordering particles after resampling
-is ``reorder_cache(cache, ancestors)`` and sharing one prompt's prefill among ``N`` particles is
-``broadcast_cache(cache, N)``.
+Every leaf of a cache from ``prefill`` has the batch (particle) axis first, so reordering
+particles after resampling is ``reorder_cache(cache, ancestors)`` and sharing one prompt's prefill
+among ``N`` particles is ``broadcast_cache(cache, N)`` (``N`` copies of the prompt). A model may
+also offer ``broadcast_state(cache, N, prompt_length)`` / ``reorder_state(cache, ancestors)``,
+which the SMC sweep uses when present: :class:`lm_inference.CausalLM`'s keep one shared copy of
+the prompt's keys and values (``cache["prefix"]``, batch axis 1, never reordered).
 """
 
 from typing import Any, NamedTuple, Protocol

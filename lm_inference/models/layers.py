@@ -5,7 +5,8 @@ Parameters are stored in Hugging Face's layouts and under Hugging Face's names (
 module's state by name alone, with no transposes (:mod:`lm_inference.loading`).
 
 The cache of a batch of ``B`` rows with room for ``S`` positions is a dict whose every leaf has
-the batch axis first (so reordering particles is one gather, :func:`lm_inference.base.reorder_cache`):
+the batch axis first (so reordering particles is one gather, :func:`lm_inference.base.reorder_cache`;
+a shared prompt, below, is the exception):
 
 - ``layers``: ``{"k", "v"}``, every layer's keys and values stacked, ``[B, L, H_kv, S, D]``
   (slots next to head dims, so a decode step's ``q k^T`` and ``p v`` read each head's keys as
