@@ -17,7 +17,7 @@ Sharding changes where numbers live, not which numbers: the random bits do not d
 layout (``jax_threefry_partitionable``), and only the reductions split over ``'model'`` (a
 projection's sum over its input features, the softmax over the vocabulary) are reassociated,
 so a sharded run equals the unsharded one to float rounding (tested on 1x8, 2x4, 4x2 and 8x1
-meshes of forced CPU devices in ``tests/lm_inference/test_sharding.py``).
+meshes of forced CPU devices in ``tests/lm_inference/test_lm_sharding.py``).
 
 A 1-d ``('particles',)`` mesh (:func:`kernels.smc.sharding.particle_mesh`) is accepted too: the
 weights are then replicated.

@@ -1,4 +1,4 @@
-"""One of two processes of ``test_sharding.py::test_two_processes_equal_one``: ``jax.distributed``
+"""One of two processes of ``test_lm_sharding.py::test_two_processes_equal_one``: ``jax.distributed``
 on localhost with CPU (gloo) collectives, two forced CPU devices per process, and a 2 x 2
 ``('particles', 'model')`` mesh whose particle axis spans the processes. Process 0 prints the
 gathered run as JSON.

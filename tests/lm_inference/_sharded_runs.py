@@ -1,4 +1,4 @@
-"""Run by ``test_sharding.py`` in a subprocess with 8 forced CPU devices (the device count is
+"""Run by ``test_lm_sharding.py`` in a subprocess with 8 forced CPU devices (the device count is
 fixed when JAX starts). Prints one JSON object of comparisons."""
 
 import json
