@@ -25,7 +25,7 @@ import numpy as np
 from flax import nnx
 
 from kernels.types import Array, ArrayTree
-from lm_inference.base import DecodeOutput
+from lm_inference.base import DecodeOutput, broadcast_cache, reorder_cache
 from lm_inference.models import (
     SUPPORTED_ARCHITECTURES,
     UnsupportedArchitectureError,
@@ -147,10 +147,8 @@ class CausalLM:
         :mod:`lm_inference.models.layers`), and each row holds only the generated slots:
         memory per particle is ``S - P`` slots instead of ``S``, and :meth:`reorder_state`
         moves only those. Otherwise every leaf is repeated (``broadcast_cache``)."""
-        from kernels.smc.sequential import broadcast
-
         if not self.share_prompt or "prefix" in cache:
-            return broadcast(cache, num_particles)
+            return broadcast_cache(cache, num_particles)
         p, n = int(prompt_length), int(num_particles)
         layers = cache["layers"]
         s = layers["k"].shape[3]
@@ -171,9 +169,7 @@ class CausalLM:
     def reorder_state(cache: dict, ancestors: Array) -> dict:
         """Rows gathered by ``ancestors``; a shared prompt (:meth:`broadcast_state`) is not
         moved."""
-        from kernels.smc.base import gather
-
-        rows = gather({k: v for k, v in cache.items() if k != "prefix"}, ancestors)
+        rows = reorder_cache({k: v for k, v in cache.items() if k != "prefix"}, ancestors)
         return rows if "prefix" not in cache else {**rows, "prefix": cache["prefix"]}
 
     def prefill(

@@ -34,6 +34,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from kernels.smc.sharding import AXIS as PARTICLES
+from kernels.smc.sharding import check_divisible
 from kernels.types import ArrayTree
 
 __all__ = [
@@ -87,10 +88,11 @@ def _check_axes(mesh: Mesh) -> None:
 
 def check_mesh(dims, mesh: Mesh, num_particles: int | None = None) -> None:
     """Raise a ``ValueError`` naming the fix unless ``'model'`` divides the heads and the KV heads
-    of ``dims`` (:class:`lm_inference.models.Dims`) and ``'particles'`` divides ``num_particles``."""
+    of ``dims`` (:class:`lm_inference.models.Dims`; ``None``, a model without heads: not checked)
+    and ``'particles'`` divides ``num_particles``."""
     _check_axes(mesh)
     m = axis_size(mesh, MODEL)
-    if dims.num_kv_heads % m or dims.num_heads % m:
+    if dims is not None and (dims.num_kv_heads % m or dims.num_heads % m):
         g = math.gcd(dims.num_heads, dims.num_kv_heads)
         ok = [str(d) for d in range(1, g + 1) if g % d == 0]
         sizes = ok[0] if len(ok) == 1 else ", ".join(ok[:-1]) + " or " + ok[-1]
@@ -99,12 +101,8 @@ def check_mesh(dims, mesh: Mesh, num_particles: int | None = None) -> None:
             f"{dims.num_heads} attention heads and {dims.num_kv_heads} KV heads; use a 'model' "
             f"axis of size {sizes} and put the other devices on 'particles'."
         )
-    p = axis_size(mesh, PARTICLES)
-    if num_particles is not None and num_particles % p:
-        raise ValueError(
-            f"num_particles={num_particles} must be divisible by the mesh's 'particles' axis "
-            f"({p} devices); choose a multiple of {p}."
-        )
+    if num_particles is not None:
+        check_divisible(num_particles, mesh)
 
 
 def param_name(path) -> str:
@@ -174,8 +172,8 @@ def particle_constraint(mesh: Mesh | None, vocab_size: int | None = None) -> Cal
         kv = "k" in keys or "v" in keys
         if "prefix" in keys:  # the shared prompt: one copy, on every particle shard
             spec = PartitionSpec(None, None, MODEL) if kv and m and np.ndim(x) == 5 else PartitionSpec()
-            return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
-        spec = _spec(x, m, kv, vocab)
+        else:
+            spec = _spec(x, m, kv, vocab)
         return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
     def constrain(tree, replicated=()):
@@ -202,24 +200,13 @@ def resolve(lm, mesh: Mesh | None, num_particles: int | None = None):
     mesh = own if mesh is None else mesh
     if mesh is None:
         return None, lm.params
-    dims = getattr(lm, "dims", None)
-    check_mesh(dims if dims is not None else _NoHeads(axis_size(mesh, MODEL)), mesh, num_particles)
+    check_mesh(getattr(lm, "dims", None), mesh, num_particles)
     if mesh is own:
         return mesh, lm.params
     store = lm.__dict__.setdefault("_params_on_mesh", {})
     if mesh not in store:
-        config = getattr(lm, "config", None)
-        if config is not None and dims is not None:
-            from lm_inference.models import rules
-
-            store[mesh] = shard_params(lm.params, rules(config), mesh)
+        if hasattr(lm, "shard"):  # a CausalLM: by its architecture's rules
+            store[mesh] = lm.shard(mesh).params
         else:
             store[mesh] = jax.device_put(lm.params, NamedSharding(mesh, PartitionSpec()))
     return mesh, store[mesh]
-
-
-class _NoHeads:
-    """A model without heads (e.g. a tabular LM): only ``'particles'`` is checked."""
-
-    def __init__(self, m: int):
-        self.num_heads = self.num_kv_heads = m

@@ -33,6 +33,7 @@ __all__ = [
     "constrain_fn",
     "replicate_fn",
     "check_divisible",
+    "particle_devices",
     "AXIS",
 ]
 
@@ -49,9 +50,16 @@ def _spec(x):
     return PartitionSpec(AXIS, *([None] * (np.ndim(x) - 1)))
 
 
+def particle_devices(mesh: Mesh) -> int:
+    """How many shards the particle axis is split into: the size of the mesh's ``'particles'``
+    axis (all its devices for a 1-d mesh; a 2-d ``('particles', 'model')`` mesh replicates the
+    particles over ``'model'``)."""
+    return int(mesh.shape[AXIS]) if AXIS in mesh.axis_names else int(mesh.devices.size)
+
+
 def check_divisible(num_particles: int, mesh: Mesh) -> None:
-    """Raise a ``ValueError`` unless ``num_particles`` splits evenly over the mesh."""
-    size = mesh.devices.size
+    """Raise a ``ValueError`` unless ``num_particles`` splits evenly over the particle axis."""
+    size = particle_devices(mesh)
     if num_particles % size:
         raise ValueError(
             f"num_particles={num_particles} must be divisible by the number of devices "
@@ -81,7 +89,7 @@ def shard(tree: ArrayTree, mesh: Mesh) -> ArrayTree:
     Raises:
         ValueError: if the number of particles is not divisible by the number of devices.
     """
-    size = mesh.devices.size
+    size = particle_devices(mesh)
     for leaf in jax.tree.leaves(tree):
         if np.ndim(leaf) == 0 or leaf.shape[0] % size:
             raise ValueError(
