@@ -21,6 +21,7 @@ Usage: python benchmarks/bench_twist_methods.py [--quick] [--targets king,royal,
 
 import argparse
 import datetime
+import gc
 import platform
 import time
 import warnings
@@ -115,6 +116,13 @@ def main():
                     ).twist
                 warned[m] += any("worse than no twist" in str(w.message) for w in rec)
                 table[m].append(measure(jax.random.key(4), target, exact, tw, runs, ns))
+                # every twist compiles new executables; dropping them keeps the process under
+                # the kernel's limit of memory mappings (vm.max_map_count, 65530 here), which a
+                # full run otherwise reaches after about 20 minutes ("LLVM compilation error:
+                # Cannot allocate memory" with gigabytes free)
+                del tw
+                jax.clear_caches()
+                gc.collect()
             print(name, m, f"{time.perf_counter() - t0:.0f} s", flush=True)
         for m, rows in table.items():
             cells = []

@@ -33,7 +33,7 @@ Example (a Gaussian random walk observed through a likelihood ``g``)::
 """
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -59,6 +59,9 @@ class SMCResult(NamedTuple):
         ess: ``[T + 1]`` ESS of the weights after each reweighting.
         resampled: ``[T]`` bool, whether resampling happened before step ``t = 1..T``.
         ancestors: ``[T, N]`` int32 ancestor indices before each step ``t = 1..T``.
+        update_info: with ``return_update_info=True``, the moves' own infos stacked over the
+            steps (leaves ``[T, N, ...]``, as BlackJAX's ``SMCInfo.update_info`` at each step);
+            otherwise ``None`` (not kept: it costs memory of order ``T N``).
     """
 
     particles: ArrayTree
@@ -68,6 +71,7 @@ class SMCResult(NamedTuple):
     ess: Array
     resampled: Array
     ancestors: Array
+    update_info: Any = None
 
 
 def broadcast(particles: ArrayTree, num_particles: int) -> ArrayTree:
@@ -94,6 +98,7 @@ def run(
     clamp_fn: Callable[[ArrayTree, ArrayTree, Array], ArrayTree] = clamp_first,
     conditional_resampling: rs.Scheme | None = None,
     mesh: Mesh | None = None,
+    return_update_info: bool = False,
 ) -> SMCResult:
     """Run SMC (or conditional SMC when ``reference`` is given); jit-compatible.
 
@@ -130,6 +135,9 @@ def run(
             split on their first axis, log weights replicated, resampling computed redundantly
             on every device (see :mod:`kernels.smc.sharding`); ``N`` must be divisible by the
             number of devices. The same key gives the same result as ``mesh=None``.
+        return_update_info: ``propose_fn`` then returns its move's info as a last element
+            (``(particles, info)``, fused ``(particles, log G_t, info)``, leaves ``[N, ...]``),
+            kept for every step in :attr:`SMCResult.update_info`.
 
     Returns:
         :class:`SMCResult`.
@@ -166,17 +174,19 @@ def run(
             args = (ref_t,) if conditional else ()
 
             def move(k, x, _):
-                x_new, log_g = propose_fn(k, x, t, *args)
+                out = propose_fn(k, x, t, *args)
+                x_new, log_g, upd = out if return_update_info else (*out, ())
                 base.check_particles(x_new, n, "propose_fn")
-                return x_new, log_g, ()
+                return x_new, log_g, upd
 
             weight = None
         else:
 
             def move(k, x, _):
-                x_new = propose_fn(k, x, t)
+                out = propose_fn(k, x, t)
+                x_new, upd = out if return_update_info else (out, ())
                 base.check_particles(x_new, n, "propose_fn")
-                return x_new, ()
+                return x_new, upd
 
             def weight(xp, x):
                 return log_weight_fn(xp, x, t)
@@ -193,16 +203,18 @@ def run(
             conditional_resampling=conditional_resampling,
             mesh=mesh,
         )
-        return state, (info.log_Z_increment, info.ess, info.resampled, info.ancestors)
+        upd = info.update_info if return_update_info else None
+        return state, (info.log_Z_increment, info.ess, info.resampled, info.ancestors, upd)
 
     inc0 = state0.log_Z
     if num_steps == 0:  # importance sampling from M_0
         state, incs, esss = state0, jnp.zeros((0,)), jnp.zeros((0,))
         did, anc = jnp.zeros((0,), bool), jnp.zeros((0, n), jnp.int32)
+        upds = None
     else:
         keys = jax.random.split(k_steps, num_steps)
         ts = jnp.arange(1, num_steps + 1)
-        state, (incs, esss, did, anc) = jax.lax.scan(body, state0, (keys, ts))
+        state, (incs, esss, did, anc, upds) = jax.lax.scan(body, state0, (keys, ts))
     incs = jnp.concatenate([inc0[None], incs.astype(inc0.dtype)])
     return SMCResult(
         particles=state.particles,
@@ -212,4 +224,5 @@ def run(
         ess=jnp.concatenate([rs.ess(lw0)[None], esss.astype(inc0.dtype)]),
         resampled=did,
         ancestors=anc.reshape(num_steps, n),
+        update_info=upds,
     )

@@ -155,6 +155,8 @@ def run(
     reference: ArrayTree | None = None,
     mesh: Mesh | None = None,
     per_particle_params: Sequence[str] = (),
+    per_temperature_params: Sequence[str] = (),
+    return_update_info: bool = False,
 ) -> sequential.SMCResult:
     """Tempered SMC over a fixed schedule (AIS when ``ess_threshold = 0``).
 
@@ -175,6 +177,12 @@ def run(
         mesh: shard the particles over this mesh (see :mod:`kernels.smc.sharding`).
         per_particle_params: names of the ``kernel_params`` entries given per particle
             (leading axis ``N``, e.g. one step size per particle); the others are shared.
+        per_temperature_params: names of the ``kernel_params`` entries given per move (leading
+            axis ``K``: entry ``t - 1`` is the move at ``beta_{t-1}``, e.g. step sizes tuned
+            per temperature); named in both lists, an entry is ``[K, N, ...]``. Pass the same
+            to :func:`reference_path` for the reverse chain.
+        return_update_info: keep the MCMC infos of every move in ``update_info`` (leaves
+            ``[K, N, num_mcmc_steps, ...]``).
 
     Returns:
         :class:`kernels.smc.sequential.SMCResult`; ``particles`` are the final positions.
@@ -187,6 +195,7 @@ def run(
     log_pi = _densities(log_prior_fn, log_likelihood_fn, path)
     _check_kernel(kernel)
     params = dict(kernel_params or {})
+    at_move = _per_temperature(params, per_temperature_params, betas.shape[0] - 1)
 
     def init_fn(k, n):
         return jax.vmap(sample_prior_fn)(jax.random.split(k, n))
@@ -194,7 +203,8 @@ def run(
     def propose_fn(k, x, t):  # the move of base.step at beta_{t-1}
         ld = lambda z: log_pi(z, betas[t - 1])  # noqa: E731
         move = tempered_move(kernel, ld, num_mcmc_steps, per_particle_params)
-        return move(k, x, params)[0]
+        x_new, upd = move(k, x, at_move(t - 1))
+        return (x_new, upd) if return_update_info else x_new
 
     def log_weight_fn(xp, x, t):
         def inc(z):  # one prior and one likelihood evaluation per particle
@@ -215,7 +225,32 @@ def run(
         ess_threshold=ess_threshold,
         reference=reference,
         mesh=mesh,
+        return_update_info=return_update_info,
     )
+
+
+def _per_temperature(params: dict, names: Sequence[str], num_moves: int) -> Callable:
+    """``j -> params`` with the entries named in ``names`` taken at move ``j`` (checked to have
+    a leading axis of ``num_moves``)."""
+    names = tuple(names)
+    missing = [name for name in names if name not in params]
+    if missing:
+        raise ValueError(
+            f"per_temperature_params names {missing}, which are not in kernel_params "
+            f"(keys {sorted(params)})"
+        )
+    for name in names:
+        shape = jnp.shape(params[name])
+        if not shape or shape[0] != num_moves:
+            raise ValueError(
+                f"kernel_params[{name!r}] is per temperature, so it needs a leading axis of "
+                f"K = {num_moves} (one entry per move, len(betas) - 1), got shape {shape}"
+            )
+
+    def at(j):
+        return {k: (v[j] if k in names else v) for k, v in params.items()}
+
+    return at
 
 
 def reference_path(
@@ -229,12 +264,14 @@ def reference_path(
     kernel_params: dict | None = None,
     num_mcmc_steps: int = 1,
     path: Callable = annealing.geometric,
+    per_temperature_params: Sequence[str] = (),
 ) -> ArrayTree:
     """Backward chain from an exact target draw ``x_K``: ``x_{t-1} ~ K_{beta_{t-1}}^m(x_t)``.
 
     ``log_prior_fn``, ``log_likelihood_fn``, ``betas``, ``kernel``, ``kernel_params``,
-    ``num_mcmc_steps`` and ``path`` are as in :func:`run` (same values, so the reverse chain
-    matches the forward one).
+    ``num_mcmc_steps``, ``path`` and ``per_temperature_params`` are as in :func:`run` (same
+    values, so the reverse chain matches the forward one: the move from ``x_t`` to ``x_{t-1}``
+    uses the parameters of forward step ``t``).
 
     Args:
         key: PRNG key.
@@ -245,12 +282,13 @@ def reference_path(
     """
     betas = jnp.asarray(betas)
     log_pi = _densities(log_prior_fn, log_likelihood_fn, path)
-    move = mcmc_move(kernel, kernel_params, num_mcmc_steps)
+    update = mcmc_update(kernel, num_mcmc_steps)
     num_steps = betas.shape[0] - 1
+    at_move = _per_temperature(dict(kernel_params or {}), per_temperature_params, num_steps)
 
     def body(x, inp):
         k, t = inp
-        x_prev = move(k, x, lambda z: log_pi(z, betas[t - 1]))
+        x_prev = update(k, x, lambda z: log_pi(z, betas[t - 1]), at_move(t - 1))[0]
         return x_prev, x_prev
 
     ts = jnp.arange(num_steps, 0, -1)
