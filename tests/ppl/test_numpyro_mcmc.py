@@ -47,13 +47,6 @@ import ppl
 pytestmark = pytest.mark.slow
 
 KERNELS = ("hmc", "mala", "orbital")
-# in ``make test`` only HMC runs NumPyro's API tests (the file takes 15 minutes on one core with
-# all three kernels); MALA and orbital run them under ``make test-slow``
-FAST_KERNELS = (
-    "hmc",
-    pytest.param("mala", marks=pytest.mark.slow),
-    pytest.param("orbital", marks=pytest.mark.slow),
-)
 
 
 @pytest.fixture(autouse=True)
@@ -156,7 +149,7 @@ def test_logistic_regression_x64(kernel):
     assert_allclose(jnp.mean(samples["coefs"], 0), true_coefs, atol=0.4)
 
 
-@pytest.mark.parametrize("kernel", FAST_KERNELS)
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("forward_mode_differentiation", [True, False])
 def test_uniform_normal(kernel, forward_mode_differentiation):
     true_coef = 0.9
@@ -235,7 +228,7 @@ def test_beta_bernoulli_x64(kernel):
     assert_allclose(jnp.mean(samples["p_latent"], 0), true_probs, atol=0.05)
 
 
-@pytest.mark.parametrize("kernel", FAST_KERNELS)
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("dense_mass", [False, True])
 def test_dirichlet_categorical_x64(kernel, dense_mass):
     num_warmup, num_samples = 100, 20000
@@ -361,7 +354,7 @@ def _binomial_stable(kernel, with_logits):
     assert_allclose(jnp.mean(samples["p"], 0), data["x"] / data["n"], rtol=0.05)
 
 
-@pytest.mark.parametrize("kernel", FAST_KERNELS)
+@pytest.mark.parametrize("kernel", KERNELS)
 def test_improper_prior(kernel):
     true_mean, true_std = 1.0, 2.0
     num_warmup, num_samples = 1000, 8000
@@ -381,7 +374,7 @@ def test_improper_prior(kernel):
     assert_allclose(jnp.mean(samples["std"]), true_std, rtol=0.05)
 
 
-@pytest.mark.parametrize("kernel", FAST_KERNELS)
+@pytest.mark.parametrize("kernel", KERNELS)
 def test_mcmc_progbar(kernel):
     """Reproducibility: warmup then run equals the same warmup then run with another bar."""
     true_mean, true_std = 1.0, 2.0
@@ -419,7 +412,7 @@ def test_mcmc_progbar(kernel):
     )
 
 
-@pytest.mark.parametrize("kernel", FAST_KERNELS)
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("adapt_step_size", [True, False])
 def test_diverging(kernel, adapt_step_size):
     data = random.normal(random.key(0), (1000,))
@@ -442,7 +435,7 @@ def test_diverging(kernel, adapt_step_size):
         assert_allclose(num_divergences, num_warmup + num_samples)
 
 
-@pytest.mark.parametrize("kernel", FAST_KERNELS)
+@pytest.mark.parametrize("kernel", KERNELS)
 def test_prior_with_sample_shape(kernel):
     data = {
         "J": 8,
@@ -463,7 +456,7 @@ def test_prior_with_sample_shape(kernel):
     assert mcmc.get_samples()["theta"].shape == (num_samples, data["J"])
 
 
-@pytest.mark.parametrize("kernel", FAST_KERNELS)
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("num_chains", [1, 2])
 @pytest.mark.parametrize("chain_method", ["parallel", "sequential", "vectorized"])
 @pytest.mark.parametrize("progress_bar", [True, False])
@@ -520,7 +513,7 @@ def test_chain(kernel, use_init_params, chain_method):
     device_get(samples_flat["coefs"].reshape(-1))
 
 
-@pytest.mark.parametrize("kernel", FAST_KERNELS)
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("chain_method", ["sequential", "vectorized"])
 def test_chain_small(kernel, chain_method):
     """``test_chain`` with 500 + 500 iterations and 300 data points (for ``make test``), at
@@ -573,7 +566,7 @@ def test_chain_inside_jit(kernel, chain_method):
     assert_allclose(jnp.mean(samples["p_latent"], 0), true_probs, atol=0.02)
 
 
-@pytest.mark.parametrize("kernel", FAST_KERNELS)
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("chain_method", ["sequential", "parallel", "vectorized"])
 @pytest.mark.parametrize("compile_args", [False, True])
 @pytest.mark.filterwarnings("ignore:There are not enough devices:UserWarning")
@@ -588,7 +581,7 @@ def test_chain_jit_args_smoke(kernel, chain_method, compile_args):
     mcmc.run(random.key(2), data2)
 
 
-@pytest.mark.parametrize("kernel", FAST_KERNELS)
+@pytest.mark.parametrize("kernel", KERNELS)
 def test_extra_fields(kernel):
     def model():
         numpyro.sample("x", dist.Normal(0, 1), sample_shape=(5,))
@@ -604,7 +597,7 @@ def test_extra_fields(kernel):
     assert stats["adapt_state.step_size"].shape == (1, 1000)
 
 
-@pytest.mark.parametrize("kernel", FAST_KERNELS)
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("jit_args", [False, True])
 @pytest.mark.parametrize("shape", [50, 100])
 def test_reuse_mcmc_run(kernel, jit_args, shape):
@@ -624,7 +617,7 @@ def test_reuse_mcmc_run(kernel, jit_args, shape):
     assert_allclose(mcmc.get_samples()["mu"].mean(), -3.0, atol=0.1)
 
 
-@pytest.mark.parametrize("kernel", FAST_KERNELS)
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("jit_args", [False, True])
 def test_model_with_multiple_exec_paths(kernel, jit_args):
     def model(a=None, b=None, z=None):
@@ -654,7 +647,7 @@ def test_model_with_multiple_exec_paths(kernel, jit_args):
     assert set(mcmc.get_samples()) == {"a", "x", "y", "sigma"}
 
 
-@pytest.mark.parametrize("kernel", FAST_KERNELS)
+@pytest.mark.parametrize("kernel", KERNELS)
 def test_mcmc_inside_jit(kernel):
     @jit
     def get_samples(rng_key, data):
@@ -670,7 +663,7 @@ def test_mcmc_inside_jit(kernel):
     assert samples["p_latent"].shape == (10, 3)
 
 
-@pytest.mark.parametrize("kernel", FAST_KERNELS)
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize(
     "num_chains, chain_method", [(1, "parallel"), (2, "sequential"), (2, "vectorized")]
 )
@@ -701,7 +694,7 @@ def test_compile_warmup_run(kernel, num_chains, chain_method, progress_bar):
         assert_allclose(actual_samples[:num_samples], first_chain_samples, atol=1e-5)
 
 
-@pytest.mark.parametrize("kernel", FAST_KERNELS)
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("batch_shape", [(), (4,)])
 def test_trivial_dirichlet(kernel, batch_shape):
     def model():
@@ -715,7 +708,7 @@ def test_trivial_dirichlet(kernel, batch_shape):
     assert_allclose(mcmc.get_samples()["x"], jnp.ones((num_samples,) + batch_shape + (1,)))
 
 
-@pytest.mark.parametrize("kernel", FAST_KERNELS)
+@pytest.mark.parametrize("kernel", KERNELS)
 def test_model_with_lift_handler(kernel):
     def model(data):
         c = numpyro.param("c", jnp.array(1.0), constraint=dist.constraints.positive)
@@ -726,7 +719,7 @@ def test_model_with_lift_handler(kernel):
     mcmc.run(random.key(1), jnp.exp(random.normal(random.key(0), (1000,))))
 
 
-@pytest.mark.parametrize("kernel", FAST_KERNELS)
+@pytest.mark.parametrize("kernel", KERNELS)
 def test_structured_mass(kernel):
     def model(cov):
         w = numpyro.sample("w", dist.Normal(0, 1000).expand([2]).to_event(1))
@@ -761,7 +754,7 @@ def test_structured_mass(kernel):
     assert_allclose(inverse_mass_matrix[("z",)], z_var, atol=0.5, rtol=0.5)
 
 
-@pytest.mark.parametrize("kernel", FAST_KERNELS)
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize(
     "dense_mass, expected_shapes",
     [
@@ -790,7 +783,7 @@ def test_structured_mass_smoke(kernel, dense_mass, expected_shapes):
     assert {k: v.shape for k, v in inverse_mm.items()} == expected_shapes
 
 
-@pytest.mark.parametrize("kernel", FAST_KERNELS)
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("dense_mass", [[("x",)], False])
 def test_initial_inverse_mass_matrix(kernel, dense_mass):
     def model():
@@ -809,7 +802,7 @@ def test_initial_inverse_mass_matrix(kernel, dense_mass):
     assert_allclose(inverse_mass_matrix[("z",)], jnp.ones(2))
 
 
-@pytest.mark.parametrize("kernel", FAST_KERNELS)
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("dense_mass", [True, False])
 def test_initial_inverse_mass_matrix_ndarray(kernel, dense_mass):
     def model():
@@ -827,7 +820,7 @@ def test_initial_inverse_mass_matrix_ndarray(kernel, dense_mass):
     assert_allclose(inverse_mass_matrix[("x", "z")], expected_mm)
 
 
-@pytest.mark.parametrize("kernel", FAST_KERNELS)
+@pytest.mark.parametrize("kernel", KERNELS)
 def test_loose_warning_for_missing_plate(kernel):
     def model():
         x = numpyro.sample("x", dist.Normal(0, 1))
@@ -839,7 +832,7 @@ def test_loose_warning_for_missing_plate(kernel):
         mcmc.run(random.key(1))
 
 
-@pytest.mark.parametrize("kernel", FAST_KERNELS)
+@pytest.mark.parametrize("kernel", KERNELS)
 def test_init_strategy_substituted_model(kernel):
     def model():
         numpyro.sample("x", dist.Normal(0, 1))
@@ -851,7 +844,7 @@ def test_init_strategy_substituted_model(kernel):
         mcmc.run(random.key(1))
 
 
-@pytest.mark.parametrize("kernel", FAST_KERNELS)
+@pytest.mark.parametrize("kernel", KERNELS)
 def test_discrete_site_without_infer_enumerate(kernel):
     def model():
         numpyro.sample("x", dist.Bernoulli(0.5))
@@ -861,7 +854,7 @@ def test_discrete_site_without_infer_enumerate(kernel):
         mcmc.run(random.key(0))
 
 
-@pytest.mark.parametrize("kernel", FAST_KERNELS)
+@pytest.mark.parametrize("kernel", KERNELS)
 def test_vectorized_sampling_zero_sized(kernel):
     J = 8
     n = 0
@@ -923,7 +916,7 @@ def test_none_trajectory_length(num_steps):
     assert all(step == num_steps for step in num_steps_list)
 
 
-@pytest.mark.parametrize("kernel", FAST_KERNELS)
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("remove_sites", [("~z.a", "~z.b"), ("~z.a", "~z.a")])
 def test_remove_sites(kernel, remove_sites):
     def model():
@@ -936,7 +929,7 @@ def test_remove_sites(kernel, remove_sites):
     assert all([site[3:] not in samps for site in remove_sites])
 
 
-@pytest.mark.parametrize("kernel", FAST_KERNELS)
+@pytest.mark.parametrize("kernel", KERNELS)
 def test_extra_fields_include_unconstrained_samples(kernel):
     def model():
         numpyro.sample("x", dist.HalfNormal(1))
@@ -947,7 +940,7 @@ def test_extra_fields_include_unconstrained_samples(kernel):
                     rtol=1e-6)
 
 
-@pytest.mark.parametrize("kernel", FAST_KERNELS)
+@pytest.mark.parametrize("kernel", KERNELS)
 def test_all_deterministic(kernel):
     def model1():
         numpyro.deterministic("x", 1.0)
@@ -963,7 +956,7 @@ def test_all_deterministic(kernel):
         assert mcmc.get_samples()["x"].shape == (num_samples,) + shape
 
 
-@pytest.mark.parametrize("kernel", FAST_KERNELS)
+@pytest.mark.parametrize("kernel", KERNELS)
 def test_empty_summary(kernel):
     def model():
         pass
