@@ -189,6 +189,12 @@ class BlackJAXKernel(MCMCKernel):
         self._sample_fn = None
 
     # ----------------------------------------------------------------- extension points
+    def leapfrog_step_size_map(self) -> tuple[Callable, Callable]:
+        """``(to_leapfrog, from_leapfrog)``: this kernel's step size to the leapfrog step
+        $\\epsilon$ that NumPyro's heuristic search tunes, and back (identity here; MALA's
+        $h$ has $\\epsilon = \\sqrt{2h}$)."""
+        return identity, identity
+
     def make_algorithm(
         self, logdensity_fn: Callable, step_size: Array, inverse_mass_matrix: Array
     ) -> SamplingAlgorithm:
@@ -373,16 +379,19 @@ class BlackJAXKernel(MCMCKernel):
         find_ss = None
         if self._find_heuristic_step_size:
 
+            to_leapfrog, from_leapfrog = self.leapfrog_step_size_map()
+
             def find_ss(step_size, inverse_mass_matrix, z_info, key):
-                return find_reasonable_step_size(
+                eps = find_reasonable_step_size(
                     pe_fn,
                     euclidean_kinetic_energy,
                     momentum_generator,
-                    step_size,
+                    to_leapfrog(step_size),
                     inverse_mass_matrix,
                     IntegratorState(z_info[0], None, None, None),
                     key,
                 )
+                return from_leapfrog(eps)
 
         wa_init, self._wa_update = warmup_adapter(
             num_warmup,

@@ -46,6 +46,7 @@ BUILTIN_INVOLUTIONS = ("hmc", "mala", "irreversible_mala", "rwm")
 DEFAULT_TRAJECTORY_LENGTH = math.pi / 2
 """Default integration time of ``involution="hmc"``: a quarter period of a standard Gaussian."""
 
+_LANGEVIN = ("mala", "irreversible_mala")  # step size h, leapfrog step sqrt(2 h)
 _DEFAULT_TARGET = {"hmc": 0.8, "mala": 0.574, "irreversible_mala": 0.574, "rwm": 0.234}
 
 
@@ -87,7 +88,12 @@ class InvolutiveMCMC(BlackJAXKernel):
             (table above; 0.8 for a user factory).
         inverse_mass_matrix: initial inverse mass matrix, ``(d,)`` or ``(d, d)``, or NumPyro's
             dict of blocks ``{(site, ...): block}``.
-        find_heuristic_step_size: NumPyro's step-size search at each adaptation window.
+        find_heuristic_step_size: NumPyro's step-size search at each adaptation window; None
+            (default) searches for ``"mala"`` and ``"irreversible_mala"`` and not otherwise
+            (NumPyro's default). MALA's $h$ scales as $\\epsilon^2 / 2$, so dual averaging
+            from $h = 1$ must travel twice as far in $\\log h$ as HMC's in $\\log \\epsilon$:
+            on NumPyro's 2000-observation normal model, 10 warmup steps without the search end
+            at $h = 1.8 \\cdot 10^{-3}$ with acceptance 0.00 (log ratio about $-1300$).
         regularize_mass_matrix: shrink the estimated mass matrix as Stan does.
         init_strategy: NumPyro per-site initialisation.
         forward_mode_differentiation: gradients by forward-mode autodiff (models with
@@ -110,7 +116,7 @@ class InvolutiveMCMC(BlackJAXKernel):
         dense_mass: bool | list[tuple[str, ...]] = False,
         target_accept_prob: float | None = None,
         inverse_mass_matrix: Array | None = None,
-        find_heuristic_step_size: bool = False,
+        find_heuristic_step_size: bool | None = None,
         regularize_mass_matrix: bool = True,
         init_strategy: Callable = init_to_uniform,
         forward_mode_differentiation: bool = False,
@@ -153,6 +159,8 @@ class InvolutiveMCMC(BlackJAXKernel):
             trajectory_length = DEFAULT_TRAJECTORY_LENGTH
         if target_accept_prob is None:
             target_accept_prob = _DEFAULT_TARGET.get(name, 0.8)
+        if find_heuristic_step_size is None:
+            find_heuristic_step_size = name in _LANGEVIN
         self._involution = involution
         self._num_steps = None if num_steps is None else int(num_steps)
         self._trajectory_length = trajectory_length
@@ -178,6 +186,13 @@ class InvolutiveMCMC(BlackJAXKernel):
     def involution(self) -> str | Callable:
         """The built-in name or the user's kernel factory."""
         return self._involution
+
+    def leapfrog_step_size_map(self) -> tuple[Callable, Callable]:
+        """MALA's $h$ to the leapfrog step $\\epsilon = \\sqrt{2h}$ and back; identity for the
+        other involutions."""
+        if self._involution in _LANGEVIN:
+            return (lambda h: jnp.sqrt(2.0 * h)), (lambda eps: 0.5 * eps**2)
+        return super().leapfrog_step_size_map()
 
     def make_algorithm(
         self, logdensity_fn: Callable, step_size: Array, inverse_mass_matrix: Array
