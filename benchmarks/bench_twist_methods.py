@@ -17,6 +17,7 @@ samples: the positives are self-normalized proposal draws). ``--quick``: 1 seed,
 
 Usage: python benchmarks/bench_twist_methods.py [--quick] [--targets king,royal,infill]
        [--steps S] [--seeds K] [--runs R]
+       python benchmarks/bench_twist_methods.py --render  # the figure from the table
 """
 
 import argparse
@@ -38,7 +39,8 @@ from lm_inference.target import Target
 from lm_inference.twist_training import METHODS, train_twist
 from lm_inference.twisted_smc import smc_runs
 
-RESULTS = Path(__file__).parent / "results" / "bench_twist_methods.md"
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "bench_twist_methods.md"
 
 
 def targets(lm, names):
@@ -75,6 +77,85 @@ def fmt(x):
     return "-inf" if x == -np.inf else f"{x:.2f}"
 
 
+def parse_tables(text: str) -> dict:
+    """``{target: {method: {N: (lower, upper, (kl_lo, kl_hi), ess)}}}`` from the markdown."""
+    out, name, ns = {}, None, []
+    for line in text.splitlines():
+        if line.startswith("## "):
+            name = line[3:].strip()
+            out[name] = {}
+        elif name and line.startswith("| method"):
+            ns = [
+                int(c.split("N=")[1])
+                for c in line.split("|")[2:-2]
+                if c.strip().startswith("lower")
+            ]
+        elif name and line.startswith("| ") and not line.startswith("|---"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            row = {}
+            for i, n in enumerate(ns):
+                lo, up, kl, ess = cells[1 + 4 * i : 5 + 4 * i]
+                kl_lo, kl_hi = (float(v) for v in kl.strip("[]").split(","))
+                row[n] = (float(lo), float(up), (kl_lo, kl_hi), float(ess))
+            out[name][cells[0]] = row
+    return out
+
+
+def plot(tables: dict, paths) -> bool:
+    """KL(sigma || q) intervals per method and target (N = 32 and 512); False without
+    matplotlib. An interval open above (a -inf lower bound) is drawn to the top with an arrow."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, axes = plt.subplots(1, len(tables), figsize=(4.2 * len(tables), 3.4), squeeze=False)
+    for ax, (name, rows) in zip(axes[0], tables.items(), strict=True):
+        methods = list(rows)
+        ns = sorted(next(iter(rows.values())))
+        finite = [v for r in rows.values() for n in ns for v in r[n][2] if np.isfinite(v)]
+        top = 1.15 * max(finite)
+        for j, n in enumerate(ns):
+            for i, m in enumerate(methods):
+                lo, hi = rows[m][n][2]
+                x = i + (j - 0.5 * (len(ns) - 1)) * 0.3
+                lo, hi = min(lo, hi), max(lo, hi)  # Monte Carlo error can swap them
+                open_top = not np.isfinite(hi)
+                hi = top if open_top else hi
+                ax.plot(
+                    [x, x],
+                    [lo, hi],
+                    color=f"C{j}",
+                    lw=4,
+                    solid_capstyle="butt",
+                    marker="_",
+                    ms=9,
+                    mew=2,
+                    label=f"N = {n}" if i == 0 else None,
+                )
+                if open_top:
+                    ax.annotate(
+                        "",
+                        (x, top * 1.04),
+                        (x, top * 0.9),
+                        arrowprops=dict(arrowstyle="->", color=f"C{j}"),
+                    )
+        ax.set_xticks(range(len(methods)), methods)
+        ax.set_ylim(0, top * 1.08)
+        ax.set_title(name)
+        ax.set_ylabel("KL(sigma || q) interval (nats)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    for p in paths:
+        fig.savefig(p, dpi=120)
+    return True
+
+
+FIGURES = (RESULTS.with_suffix(".png"), ROOT / "docs" / "img" / "twist_methods.png")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -82,7 +163,11 @@ def main():
     ap.add_argument("--runs", type=int, default=None)
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--seeds", type=int, default=None)
+    ap.add_argument("--render", action="store_true", help="redraw the figure from the table")
     a = ap.parse_args()
+    if a.render:
+        plot(parse_tables(RESULTS.read_text()), FIGURES)
+        return
     steps = a.steps or (40 if a.quick else 200)
     seeds = a.seeds or (1 if a.quick else 3)
     runs = a.runs or (4 if a.quick else 16)
@@ -138,6 +223,9 @@ def main():
         RESULTS.write_text("\n".join(lines + [f"(partial: {name} done)"]) + "\n")
     lines.append(f"Total {time.perf_counter() - t0:.0f} s.")
     RESULTS.write_text("\n".join(lines) + "\n")
+    if plot(parse_tables("\n".join(lines)), FIGURES):
+        lines += ["", "![KL(sigma||q) intervals](bench_twist_methods.png)"]
+        RESULTS.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
