@@ -31,6 +31,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy import stats
 
 import lm_inference
 from lm_inference import potentials
@@ -77,6 +78,19 @@ def fmt(x):
     return "-inf" if x == -np.inf else f"{x:.2f}"
 
 
+def over_seeds(values) -> str:
+    """Mean over seeds, with the 95 % t-interval half-width when there are several finite ones."""
+    x = np.asarray(values, np.float64)
+    if x.size < 2 or not np.all(np.isfinite(x)):
+        return fmt(x.mean())
+    h = stats.t.ppf(0.975, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size)
+    return f"{x.mean():.2f} ± {h:.2f}"
+
+
+def _num(cell: str) -> float:
+    return float(cell.split("±")[0])
+
+
 def parse_tables(text: str) -> dict:
     """``{target: {method: {N: (lower, upper, (kl_lo, kl_hi), ess)}}}`` from the markdown."""
     out, name, ns = {}, None, []
@@ -96,7 +110,7 @@ def parse_tables(text: str) -> dict:
             for i, n in enumerate(ns):
                 lo, up, kl, ess = cells[1 + 4 * i : 5 + 4 * i]
                 kl_lo, kl_hi = (float(v) for v in kl.strip("[]").split(","))
-                row[n] = (float(lo), float(up), (kl_lo, kl_hi), float(ess))
+                row[n] = (_num(lo), _num(up), (kl_lo, kl_hi), float(ess))
             out[name][cells[0]] = row
     return out
 
@@ -180,7 +194,8 @@ def main():
         f"{datetime.date.today()}, {platform.processor() or platform.machine()}, "
         f"{'--quick, ' if a.quick else ''}{steps} steps of 64, {seeds} seed(s), {runs} runs per "
         "bound; lower = E[SMC log Z_hat], upper = E[CSMC log Z_hat] (exact references), "
-        "KL(sigma||q) interval from the mean bounds, ESS = final-step ESS / N. Mean over seeds.",
+        "KL(sigma||q) interval from the mean bounds, ESS = final-step ESS / N. Mean over seeds "
+        "(± the 95 % t-interval over seeds where all are finite).",
         "",
     ]
     for name, target in targets(lm, a.targets.split(",")).items():
@@ -212,11 +227,12 @@ def main():
         for m, rows in table.items():
             cells = []
             for n in ns:
-                lo = np.mean([r[n][0] for r in rows])
-                up = np.mean([r[n][1] for r in rows])
+                lo = [r[n][0] for r in rows]
+                up = [r[n][1] for r in rows]
                 kl = np.mean([r[n][2] for r in rows], axis=0)
                 ess = np.mean([r[n][3] for r in rows])
-                cells += [fmt(lo), fmt(up), f"[{fmt(kl[0])}, {fmt(kl[1])}]", f"{ess:.2f}"]
+                cells += [over_seeds(lo), over_seeds(up), f"[{fmt(kl[0])}, {fmt(kl[1])}]"]
+                cells.append(f"{ess:.2f}")
             lines.append(f"| {m} | " + " | ".join(cells) + f" | {warned[m]}/{len(rows)} |")
         lines.append("")
         # written after every target, so an interrupted run keeps the finished tables

@@ -549,34 +549,38 @@ class TemperedSMC:
     def reference_path(self, key, dens: ModelDensities, u_final: Array, frozen: FrozenSchedule):
         """Backward path ``(K + 1, d)`` from an exact posterior sample (reverse AIS chain).
 
-        For the "move, then reweight" order of `_run_fixed`: ``x_K = u_final``,
-        ``x_{t-1} ~ M_{t-1}(x_t, .)`` for ``t = K..2`` (reversible kernels are their own
-        reversals), and ``x_0 = x_1`` (the move of step 1 is the identity).
-
-        Not `kernels.smc.tempering.reference_path`: that one shares one ``kernel_params``
-        across temperatures and moves at ``beta_0`` too, while the frozen schedule has a step
-        size and mass matrix per temperature and step 1 keeps the prior draws.
+        `kernels.smc.tempering.reference_path` for the "move, then reweight" order of
+        `_run_fixed`: ``x_K = u_final``, ``x_{t-1} ~ M_{t-1}(x_t, .)`` for ``t = K..2``
+        (reversible kernels are their own reversals) with the frozen step size and mass matrix
+        of forward step ``t``, and ``x_0 = x_1`` (``identity_first_move``: the move of step 1
+        keeps the exact prior draws).
         """
+        from kernels.smc import tempering
+
         K = frozen.betas.shape[0] - 1
+        params, per_t = dict(self.kernel_params), []
 
-        def body(x, inp):
-            t, k = inp
-            new, _, _ = self._move(
-                k,
-                x[None],
-                frozen.betas[t - 1],
-                dens,
-                frozen.step_sizes[t - 2],
-                frozen.inverse_mass_matrices[t - 2],
-            )
-            return new[0], new[0]
+        def at_move(x):  # entry t - 1 holds forward step t's x[t - 2]; entry 0 is not used
+            return jnp.concatenate([x[:1], x[: K - 1]], 0)
 
-        ts = jnp.arange(K, 1, -1)
-        _, back = jax.lax.scan(body, u_final, (ts, jax.random.split(key, K - 1)))
-        # back[j] = x_{K-1-j}: reverse to x_1 .. x_{K-1}
-        fwd = back[::-1]
-        x1 = fwd[:1] if K > 1 else u_final[None]
-        return jnp.concatenate([x1, fwd, u_final[None]], 0)
+        if self._takes_step_size:
+            params["step_size"] = at_move(frozen.step_sizes)
+            per_t.append("step_size")
+        if self._takes_imm and frozen.inverse_mass_matrices is not None:
+            params["inverse_mass_matrix"] = at_move(frozen.inverse_mass_matrices)
+            per_t.append("inverse_mass_matrix")
+        return tempering.reference_path(
+            key,
+            u_final,
+            dens.log_prior,
+            dens.log_likelihood,
+            frozen.betas,
+            self.kernel,
+            kernel_params=params,
+            num_mcmc_steps=self.num_mcmc_steps,
+            per_temperature_params=per_t,
+            identity_first_move=True,
+        )
 
 
 class _Record(NamedTuple):

@@ -265,17 +265,21 @@ def reference_path(
     num_mcmc_steps: int = 1,
     path: Callable = annealing.geometric,
     per_temperature_params: Sequence[str] = (),
+    identity_first_move: bool = False,
 ) -> ArrayTree:
     """Backward chain from an exact target draw ``x_K``: ``x_{t-1} ~ K_{beta_{t-1}}^m(x_t)``.
 
     ``log_prior_fn``, ``log_likelihood_fn``, ``betas``, ``kernel``, ``kernel_params``,
     ``num_mcmc_steps``, ``path`` and ``per_temperature_params`` are as in :func:`run` (same
     values, so the reverse chain matches the forward one: the move from ``x_t`` to ``x_{t-1}``
-    uses the parameters of forward step ``t``).
+    uses the parameters of forward step ``t``, entry ``t - 1`` of a per-temperature one).
 
     Args:
         key: PRNG key.
         position: ``x_K``, one exact draw from ``pi_1 / Z``.
+        identity_first_move: the forward run keeps its exact prior draws at step 1 (its move
+            at ``beta_0`` is the identity, as in ``ppl.TemperedSMC``), so ``x_0 = x_1`` and
+            entry 0 of a per-temperature parameter is not used.
 
     Returns:
         pytree with leaves ``[K + 1, ...]`` (time first), the ``reference`` of :func:`run`.
@@ -291,10 +295,15 @@ def reference_path(
         x_prev = update(k, x, lambda z: log_pi(z, betas[t - 1]), at_move(t - 1))[0]
         return x_prev, x_prev
 
-    ts = jnp.arange(num_steps, 0, -1)
-    _, xs = jax.lax.scan(body, position, (jax.random.split(key, num_steps), ts))
-    xs = jax.tree.map(lambda a: a[::-1], xs)  # x_0 .. x_{K-1}
-    return jax.tree.map(lambda a, b: jnp.concatenate([a, jnp.asarray(b)[None]]), xs, position)
+    last = 1 if identity_first_move else 0
+    ts = jnp.arange(num_steps, last, -1)
+    _, xs = jax.lax.scan(body, position, (jax.random.split(key, num_steps - last), ts))
+    xs = jax.tree.map(lambda a: a[::-1], xs)  # x_last .. x_{K-1}
+    head = jax.tree.map(lambda a, b: (a[:1] if a.shape[0] else jnp.asarray(b)[None]), xs, position)
+    parts = (head, xs) if identity_first_move else (xs,)
+    return jax.tree.map(
+        lambda *a: jnp.concatenate([*a[:-1], jnp.asarray(a[-1])[None]]), *parts, position
+    )
 
 
 class AdaptiveResult(NamedTuple):

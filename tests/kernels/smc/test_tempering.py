@@ -396,6 +396,21 @@ def test_per_temperature_params_are_aligned_forward_and_backward():
     assert ref.shape == (k + 1, D)
     np.testing.assert_allclose(ref[:-1, 0], value)  # x_{t-1} from the move of step t
     np.testing.assert_allclose(ref[-1], -1.0)
+    # a forward run that keeps its prior draws at step 1: x_0 = x_1, entry 0 unused
+    ref = tempering.reference_path(
+        jax.random.key(1), jnp.full(D, -1.0), log_prior, log_lik, BETAS, _Record,
+        kernel_params=dict(value=value, offset=0.0), per_temperature_params=("value",),
+        identity_first_move=True,
+    )
+    assert ref.shape == (k + 1, D)
+    np.testing.assert_allclose(ref[1:-1, 0], value[1:])
+    np.testing.assert_allclose(ref[0], ref[1])
+    one = tempering.reference_path(
+        jax.random.key(1), jnp.full(D, -1.0), log_prior, log_lik, BETAS[::k], _Record,
+        kernel_params=dict(value=value[:1], offset=0.0), per_temperature_params=("value",),
+        identity_first_move=True,
+    )
+    np.testing.assert_allclose(one, -np.ones((2, D)))  # K = 1: no move at all
     assert _run(jax.random.key(0), 4).update_info is None  # opt-in
 
 
