@@ -299,11 +299,14 @@ def reference_path(
     ts = jnp.arange(num_steps, last, -1)
     _, xs = jax.lax.scan(body, position, (jax.random.split(key, num_steps - last), ts))
     xs = jax.tree.map(lambda a: a[::-1], xs)  # x_last .. x_{K-1}
-    head = jax.tree.map(lambda a, b: (a[:1] if a.shape[0] else jnp.asarray(b)[None]), xs, position)
-    parts = (head, xs) if identity_first_move else (xs,)
-    return jax.tree.map(
-        lambda *a: jnp.concatenate([*a[:-1], jnp.asarray(a[-1])[None]]), *parts, position
-    )
+
+    def stack(a, x_k):
+        x_k = jnp.asarray(x_k)[None]
+        if identity_first_move:  # x_0 = x_1 (= x_K when K = 1)
+            a = jnp.concatenate([a[:1] if a.shape[0] else x_k, a])
+        return jnp.concatenate([a, x_k])
+
+    return jax.tree.map(stack, xs, position)
 
 
 class AdaptiveResult(NamedTuple):
