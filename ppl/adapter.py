@@ -378,7 +378,6 @@ class BlackJAXKernel(MCMCKernel):
 
         find_ss = None
         if self._find_heuristic_step_size:
-
             to_leapfrog, from_leapfrog = self.leapfrog_step_size_map()
 
             def find_ss(step_size, inverse_mass_matrix, z_info, key):
