@@ -16,7 +16,7 @@ samples: the positives are self-normalized proposal draws). ``--quick``: 1 seed,
 4 runs per bound.
 
 Usage: python benchmarks/bench_twist_methods.py [--quick] [--targets king,royal,infill]
-       [--steps S] [--seeds K] [--runs R]
+       [--steps S] [--seeds K] [--runs R] [--methods ctl,sixo] [--out FILE]
        python benchmarks/bench_twist_methods.py --render  # the figure from the table
 """
 
@@ -76,6 +76,22 @@ def measure(key, target, exact, twist, runs, ns):
 
 def fmt(x):
     return "-inf" if x == -np.inf else f"{x:.2f}"
+
+
+def table_rows(table: dict, warned: dict, ns) -> list[str]:
+    """One markdown row per method: bounds over seeds, KL interval, ESS, warnings."""
+    lines = []
+    for m, rows in table.items():
+        cells = []
+        for n in ns:
+            lo = [r[n][0] for r in rows]
+            up = [r[n][1] for r in rows]
+            kl = np.mean([r[n][2] for r in rows], axis=0)
+            ess = np.mean([r[n][3] for r in rows])
+            cells += [over_seeds(lo), over_seeds(up), f"[{fmt(kl[0])}, {fmt(kl[1])}]"]
+            cells.append(f"{ess:.2f}")
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {warned[m]}/{len(rows)} |")
+    return lines
 
 
 def over_seeds(values) -> str:
@@ -177,11 +193,14 @@ def main():
     ap.add_argument("--runs", type=int, default=None)
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--seeds", type=int, default=None)
+    ap.add_argument("--methods", default=",".join(METHODS), help="twist methods besides none")
+    ap.add_argument("--out", default=None, help="results file (default: results/ and a figure)")
     ap.add_argument("--render", action="store_true", help="redraw the figure from the table")
     a = ap.parse_args()
     if a.render:
         plot(parse_tables(RESULTS.read_text()), FIGURES)
         return
+    out = Path(a.out) if a.out else RESULTS
     steps = a.steps or (40 if a.quick else 200)
     seeds = a.seeds or (1 if a.quick else 3)
     runs = a.runs or (4 if a.quick else 16)
@@ -206,7 +225,7 @@ def main():
         lines += [f"## {name}", "", hdr + " | warned |", "|" + "---|" * (1 + 4 * len(ns) + 1)]
         table = {"none": [measure(jax.random.key(4), target, exact, None, runs, ns)]}
         warned = {"none": 0}
-        for m in METHODS:
+        for m in a.methods.split(","):
             table[m], warned[m] = [], 0
             for seed in range(seeds):
                 with warnings.catch_warnings(record=True) as rec:
@@ -224,24 +243,14 @@ def main():
                 jax.clear_caches()
                 gc.collect()
             print(name, m, f"{time.perf_counter() - t0:.0f} s", flush=True)
-        for m, rows in table.items():
-            cells = []
-            for n in ns:
-                lo = [r[n][0] for r in rows]
-                up = [r[n][1] for r in rows]
-                kl = np.mean([r[n][2] for r in rows], axis=0)
-                ess = np.mean([r[n][3] for r in rows])
-                cells += [over_seeds(lo), over_seeds(up), f"[{fmt(kl[0])}, {fmt(kl[1])}]"]
-                cells.append(f"{ess:.2f}")
-            lines.append(f"| {m} | " + " | ".join(cells) + f" | {warned[m]}/{len(rows)} |")
-        lines.append("")
-        # written after every target, so an interrupted run keeps the finished tables
-        RESULTS.write_text("\n".join(lines + [f"(partial: {name} done)"]) + "\n")
+            # written after every method, so an interrupted run keeps what it finished
+            out.write_text("\n".join(lines + table_rows(table, warned, ns)) + "\n")
+        lines += [*table_rows(table, warned, ns), ""]
     lines.append(f"Total {time.perf_counter() - t0:.0f} s.")
-    RESULTS.write_text("\n".join(lines) + "\n")
-    if plot(parse_tables("\n".join(lines)), FIGURES):
+    out.write_text("\n".join(lines) + "\n")
+    if a.out is None and plot(parse_tables("\n".join(lines)), FIGURES):
         lines += ["", "![KL(sigma||q) intervals](bench_twist_methods.png)"]
-        RESULTS.write_text("\n".join(lines) + "\n")
+        out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
