@@ -379,10 +379,12 @@ class BlackJAXKernel(MCMCKernel):
         find_ss = None
         if self._find_heuristic_step_size:
             to_leapfrog, from_leapfrog = self.leapfrog_step_size_map()
+            # NumPyro's search differentiates the potential in reverse mode
+            search_pe_fn = forward_mode_gradient(pe_fn) if self._forward_mode else pe_fn
 
             def find_ss(step_size, inverse_mass_matrix, z_info, key):
                 eps = find_reasonable_step_size(
-                    pe_fn,
+                    search_pe_fn,
                     euclidean_kinetic_energy,
                     momentum_generator,
                     to_leapfrog(step_size),
