@@ -27,6 +27,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_architectures import median_time  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -66,12 +69,7 @@ def _single_thread() -> None:
 def _median_time(fn, reps: int) -> float:
     fn()  # warm-up (compilation for XLA)
     fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return median_time(fn, reps)
 
 
 def time_xla(n: int, k: int, m: int, dtype: str, reps: int) -> float:
